@@ -1,0 +1,33 @@
+"""Arguments shared by several sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from llm_embedder.tasks.registry import TASKS
+
+
+def add_tasks_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tasks",
+        dest="tasks_file",
+        metavar="FILE",
+        help="YAML/JSON file with extra task definitions (same layout as the built-in task table)",
+    )
+
+
+def load_tasks_file(args: argparse.Namespace) -> None:
+    """Register the tasks of ``--tasks FILE`` (if given) before anything reads the task table."""
+    if getattr(args, "tasks_file", None):
+        TASKS.load_file(args.tasks_file)
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="encoder folder or hub id (default: the embedded MiniLM)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weight precision")
+    parser.add_argument(
+        "--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="inference runtime (onnx*: CPU fast path)"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    parser.add_argument("--max-length", type=int, default=None, help="token budget per text (default: the model's)")

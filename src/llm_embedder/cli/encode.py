@@ -1,0 +1,85 @@
+"""``llm-embedder encode``: embed the queries or keys of a file into a ``.npy`` matrix.
+
+Input: a JSON-lines file of records (their ``query`` for ``--side query``) or of corpus rows (rendered with the
+task's key template for ``--side key``), or a plain text file with one text per line (``.txt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from llm_embedder.cli.common import add_encoder_arguments, add_tasks_file_argument, load_tasks_file
+from llm_embedder.data.jsonl import iter_jsonl
+from llm_embedder.errors import DataError, UserError
+from llm_embedder.tasks.registry import TASKS
+from llm_embedder.utils.files import atomic_write
+from llm_embedder.utils.templates import render_template
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("encode", help="embed queries or keys of a file into OUT.npy", description=__doc__)
+    parser.add_argument("input", metavar="INPUT", help="JSON-lines records/corpus rows, or a .txt file (one text a line)")
+    parser.add_argument("-o", "--output", required=True, help="output .npy file (float32, one row per input)")
+    parser.add_argument("--task", required=True, help="task name (see `llm-embedder tasks`)")
+    parser.add_argument("--side", choices=["query", "key"], default="query", help="encode as queries or as keys")
+    parser.add_argument("--field", default=None, help="JSON field to encode (default: query, or the key template)")
+    parser.add_argument("--key-template", default=None, help="template for keys, e.g. '{title} {text}'")
+    parser.add_argument("--devices", default=None, help="comma-separated devices for multi-process encoding")
+    add_encoder_arguments(parser)
+    add_tasks_file_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def read_texts(path: str, *, side: str, field: str | None, key_template: str) -> list[str]:
+    """Texts to encode from ``path``: one per line (.txt) or one per JSON object."""
+    p = Path(path)
+    if p.suffix == ".txt":
+        if not p.is_file():
+            raise UserError(f"{p}: file not found")
+        texts = []
+        with open(p, "rb") as handle:
+            for lineno, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8").rstrip("\n")
+                except UnicodeDecodeError:
+                    raise DataError(str(p), lineno, "not valid UTF-8", hint="re-encode the file as UTF-8") from None
+                if line.strip():
+                    texts.append(line)
+        if not texts:
+            raise DataError(str(p), None, "file is empty (no texts)")
+        return texts
+    texts = []
+    for lineno, obj in iter_jsonl(p):
+        if field:
+            value = obj.get(field)
+            if not isinstance(value, str):
+                raise DataError(str(p), lineno, "missing or not a string", field=field)
+            texts.append(value)
+        elif side == "query" or "query" in obj:
+            value = obj.get("query")
+            if not isinstance(value, str):
+                raise DataError(str(p), lineno, "missing or not a string", field="query")
+            texts.append(value)
+        else:
+            texts.append(render_template(key_template, obj, where=f"{p}:{lineno}").strip())
+    return texts
+
+
+def run(args: argparse.Namespace) -> int:
+    load_tasks_file(args)
+    spec = TASKS.get(args.task)
+    texts = read_texts(
+        args.input, side=args.side, field=args.field, key_template=args.key_template or spec.key_template
+    )
+    from llm_embedder.model.embedder import LLMEmbedder
+
+    embedder = LLMEmbedder(args.model, device=args.device, dtype=args.dtype, backend=args.backend, batch_size=args.batch_size)
+    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
+    vectors = embedder.encode(texts, task=args.task, side=args.side, max_length=args.max_length, devices=devices)
+    with atomic_write(args.output, "wb") as handle:
+        np.save(handle, vectors)
+    print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {args.output}")
+    return 0

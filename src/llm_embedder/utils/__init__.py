@@ -1,0 +1,1 @@
+"""Small helpers shared by several concerns (templates, atomic files, JSON lines)."""

@@ -1,0 +1,30 @@
+"""Shared fixtures: the development data in ../shared/data and the bundled models (all offline)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("LLM_EMBEDDER_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"development data not found at {DATA_DIR}")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The embedded default encoder (bundled all-MiniLM-L6-v2) on CPU, shared by the whole session."""
+    from llm_embedder import LLMEmbedder
+
+    return LLMEmbedder(device="cpu")
