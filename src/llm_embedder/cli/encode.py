@@ -13,6 +13,7 @@ import numpy as np
 
 from llm_embedder.cli.common import add_encoder_arguments, add_tasks_file_argument, load_tasks_file
 from llm_embedder.data.jsonl import iter_jsonl
+from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError, UserError
 from llm_embedder.tasks.registry import TASKS
 from llm_embedder.utils.files import atomic_write
@@ -21,7 +22,9 @@ from llm_embedder.utils.templates import render_template
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("encode", help="embed queries or keys of a file into OUT.npy", description=__doc__)
-    parser.add_argument("input", metavar="INPUT", help="JSON-lines records/corpus rows, or a .txt file (one text a line)")
+    parser.add_argument(
+        "input", metavar="INPUT", help="JSON-lines records/corpus rows, or a .txt file (one text a line)"
+    )
     parser.add_argument("-o", "--output", required=True, help="output .npy file (float32, one row per input)")
     parser.add_argument("--task", required=True, help="task name (see `llm-embedder tasks`)")
     parser.add_argument("--side", choices=["query", "key"], default="query", help="encode as queries or as keys")
@@ -34,23 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def read_texts(path: str, *, side: str, field: str | None, key_template: str) -> list[str]:
-    """Texts to encode from ``path``: one per line (.txt) or one per JSON object."""
+    """Texts to encode from ``path``: one per line (.txt) or one per JSON object.
+
+    For queries every object is validated as a record (so a bad ``teacher_scores`` or an unknown ``task`` is
+    reported with its file:line before any model is loaded); for keys each row goes through the key template.
+    """
     p = Path(path)
     if p.suffix == ".txt":
-        if not p.is_file():
-            raise UserError(f"{p}: file not found")
-        texts = []
-        with open(p, "rb") as handle:
-            for lineno, raw in enumerate(handle, 1):
-                try:
-                    line = raw.decode("utf-8").rstrip("\n")
-                except UnicodeDecodeError:
-                    raise DataError(str(p), lineno, "not valid UTF-8", hint="re-encode the file as UTF-8") from None
-                if line.strip():
-                    texts.append(line)
-        if not texts:
-            raise DataError(str(p), None, "file is empty (no texts)")
-        return texts
+        return _read_text_lines(p)
     texts = []
     for lineno, obj in iter_jsonl(p):
         if field:
@@ -58,26 +52,44 @@ def read_texts(path: str, *, side: str, field: str | None, key_template: str) ->
             if not isinstance(value, str):
                 raise DataError(str(p), lineno, "missing or not a string", field=field)
             texts.append(value)
-        elif side == "query" or "query" in obj:
-            value = obj.get("query")
-            if not isinstance(value, str):
-                raise DataError(str(p), lineno, "missing or not a string", field="query")
-            texts.append(value)
+        elif side == "query":
+            texts.append(Record.from_dict(obj, path=str(p), lineno=lineno).query)
         else:
             texts.append(render_template(key_template, obj, where=f"{p}:{lineno}").strip())
+    return texts
+
+
+def _read_text_lines(p: Path) -> list[str]:
+    if not p.is_file():
+        raise UserError(f"{p}: file not found")
+    texts = []
+    with open(p, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    str(p), lineno, f"not valid UTF-8 (byte {exc.start})", hint="re-encode the file as UTF-8"
+                ) from None
+            if line.strip():
+                texts.append(line)
+    if not texts:
+        raise DataError(str(p), None, "file is empty (no texts)", hint="give a file with one text per line")
     return texts
 
 
 def run(args: argparse.Namespace) -> int:
     load_tasks_file(args)
     spec = TASKS.get(args.task)
-    texts = read_texts(
-        args.input, side=args.side, field=args.field, key_template=args.key_template or spec.key_template
-    )
+    key_template = args.key_template or spec.key_template
+    # Read (and validate) the input before loading a model: bad data fails in a second, not after the load.
+    texts = read_texts(args.input, side=args.side, field=args.field, key_template=key_template)
     from llm_embedder.model.embedder import LLMEmbedder
 
-    embedder = LLMEmbedder(args.model, device=args.device, dtype=args.dtype, backend=args.backend, batch_size=args.batch_size)
-    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
+    embedder = LLMEmbedder(
+        args.model, device=args.device, dtype=args.dtype, backend=args.backend, batch_size=args.batch_size
+    )
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     vectors = embedder.encode(texts, task=args.task, side=args.side, max_length=args.max_length, devices=devices)
     with atomic_write(args.output, "wb") as handle:
         np.save(handle, vectors)

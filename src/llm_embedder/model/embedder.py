@@ -55,9 +55,28 @@ def _set_pooling(model: Any, pooling: str) -> None:
 
     for index, module in enumerate(model):
         if isinstance(module, Pooling):
-            model._modules[str(index)] = Pooling(module.get_embedding_dimension(), pooling_mode=pooling)
+            try:
+                replacement = Pooling(
+                    module.get_embedding_dimension(), pooling_mode=pooling, include_prompt=module.include_prompt
+                )
+            except ValueError as exc:
+                raise UserError(f"unknown pooling {pooling!r}: {exc}", hint="e.g. cls, mean, max, lasttoken") from None
+            model._modules[str(index)] = replacement
             return
     raise UserError("this model has no pooling module to configure")
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        return os.cpu_count() or 1
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise UserError(f"batch size {batch_size!r} must be a positive integer")
+    return batch_size
 
 
 class LLMEmbedder:
@@ -75,6 +94,7 @@ class LLMEmbedder:
         use_instructions: prepend the task instructions (on by default; off for the "w/o instruction" ablation).
         pooling: override the model's pooling ("cls", "mean", ...); by default as configured by the model.
         tasks: a task registry to use instead of the global one (tasks saved with the model are added to it).
+            Without it, tasks registered later with ``register_task`` are found too (and saved with the model).
     """
 
     def __init__(
@@ -98,6 +118,8 @@ class LLMEmbedder:
         self.source = str(model) if model is not None else "default"
         self.path = resolve_model_path(model, what="encoder")
         self.tasks = (tasks if tasks is not None else TASKS).copy()
+        #: where names unknown to ``self.tasks`` are looked up: the live global table, unless a registry was given
+        self._fallback_tasks = TASKS if tasks is None else None
         saved = self._read_config(self.path)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -108,10 +130,12 @@ class LLMEmbedder:
             self.model.to(_DTYPES[dtype])
         self._restore_tasks(saved)
         default_len = int(self.model.max_seq_length or 512)
-        self.query_max_length = int(query_max_length or saved.get("query_max_length") or default_len)
-        self.key_max_length = int(key_max_length or saved.get("key_max_length") or default_len)
-        self.batch_size = batch_size
-        self.use_instructions = bool(saved.get("use_instructions", True) if use_instructions is None else use_instructions)
+        self.query_max_length = self._check_length(query_max_length or saved.get("query_max_length") or default_len)
+        self.key_max_length = self._check_length(key_max_length or saved.get("key_max_length") or default_len)
+        self.batch_size = _check_batch_size(batch_size)
+        self.use_instructions = bool(
+            saved.get("use_instructions", True) if use_instructions is None else use_instructions
+        )
         self.backend = backend
         self._fast: Any = None
         self._pool: Any = None
@@ -145,15 +169,46 @@ class LLMEmbedder:
                 self.tasks.register(TaskSpec(name=task, query_instruction=text, key_instruction=key_text))
 
     @property
+    def position_limit(self) -> int | None:
+        """The longest input the network can take (position embeddings), if the model says."""
+        config = getattr(getattr(self.model[0], "auto_model", None), "config", None)
+        limit = getattr(config, "max_position_embeddings", None)
+        return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+    def _check_length(self, length: Any) -> int:
+        # Past the position embeddings a BERT-style model fails deep inside torch; say it up front instead.
+        try:
+            value = int(length)
+        except (TypeError, ValueError):
+            raise UserError(f"max length {length!r} is not an integer") from None
+        limit = self.position_limit
+        if value <= 0 or (limit is not None and value > limit):
+            raise UserError(
+                f"max length {value} is out of range for this model",
+                hint=f"use 1..{limit}" if limit else "use a positive number of tokens",
+            )
+        return value
+
+    @property
     def dim(self) -> int:
         return int(self.model.get_embedding_dimension())
 
     def task(self, name: str) -> TaskSpec:
+        """The spec of ``name``; an unknown name is a one-line error listing the known tasks."""
+        if name not in self.tasks and self._fallback_tasks is not None and name in self._fallback_tasks:
+            return self._fallback_tasks.get(name)
         return self.tasks.get(name)
+
+    def all_tasks(self) -> list[TaskSpec]:
+        """Every task this embedder can encode for: its own, then global ones registered after it was built."""
+        specs = self.tasks.specs()
+        if self._fallback_tasks is not None:
+            specs += [s for s in self._fallback_tasks.specs() if s.name not in self.tasks]
+        return specs
 
     def instruction(self, task: str, side: Side) -> str:
         """The text prepended to inputs of ``task`` on ``side`` (empty when instructions are off)."""
-        spec = self.tasks.get(task)
+        spec = self.task(task)
         if not self.use_instructions:
             return ""
         if side == "query":
@@ -189,34 +244,48 @@ class LLMEmbedder:
             if not isinstance(text, str):
                 raise UserError(f"input {i} is a {type(text).__name__}, expected a string")
         prefix = self.instruction(task, side)
-        length = int(max_length or self.max_length(side))
-        batch = int(batch_size or self.batch_size)
+        length = self._check_length(max_length) if max_length is not None else self.max_length(side)
+        batch = _check_batch_size(batch_size) if batch_size is not None else self.batch_size
         if show_progress_bar is None:
             show_progress_bar = len(texts) >= PROGRESS_THRESHOLD
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self._fast is not None:
-            out = self._fast.encode([prefix + t for t in texts], batch_size=batch, max_length=length,
-                                    show_progress_bar=show_progress_bar)
+            out = self._fast.encode(
+                [prefix + t for t in texts],
+                batch_size=batch,
+                max_length=length,
+                show_progress_bar=show_progress_bar,
+                prompt_length=self._fast.prompt_length(prefix) if prefix else None,
+            )
             return np.ascontiguousarray(out, dtype=np.float32)
         kwargs: dict[str, Any] = {}
         if length != self.model.max_seq_length:
             kwargs["processing_kwargs"] = {"text": {"max_length": length, "truncation": True}}
+        temporary_pool = None
         if devices:
-            kwargs["device"] = list(devices)
+            temporary_pool = kwargs["pool"] = self._start_pool(devices)
         elif self._pool is not None:
             kwargs["pool"] = self._pool
-        with torch.inference_mode():
-            out = self.model.encode(
-                texts,
-                prompt=prefix,
-                batch_size=batch,
-                show_progress_bar=show_progress_bar,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                **kwargs,
-            )
-        return np.ascontiguousarray(out, dtype=np.float32)
+        try:
+            with torch.inference_mode():
+                out = self.model.encode(
+                    texts,
+                    prompt=prefix,
+                    batch_size=batch,
+                    show_progress_bar=show_progress_bar,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    **kwargs,
+                )
+        finally:
+            if temporary_pool is not None:
+                self.model.stop_multi_process_pool(temporary_pool)
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        if self.dtype != "fp32":
+            # normalised in bf16/fp16, the norms are off by up to ~1e-2; renormalise in float32
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
 
     def encode_queries(self, texts: Sequence[str] | str, task: str = "qa", **kwargs: Any) -> np.ndarray:
         """Embed queries of ``task`` (the task's query instruction is prepended)."""
@@ -229,7 +298,31 @@ class LLMEmbedder:
     def start_pool(self, devices: Sequence[str]) -> None:
         """Keep worker processes on ``devices`` for repeated large encodes (stop with :meth:`stop_pool`)."""
         self.stop_pool()
-        self._pool = self.model.start_multi_process_pool(list(devices))
+        self._pool = self._start_pool(devices)
+
+    def _start_pool(self, devices: Sequence[str]) -> Any:
+        """A sentence-transformers process pool, with two fixes around it.
+
+        CPU workers each get ``cores / workers`` threads (torch's default of all cores per worker oversubscribes
+        the machine ``workers`` times over), and the model goes back to its device afterwards (starting a pool
+        moves it to the CPU in place).
+        """
+        devices = [str(d) for d in devices]
+        if not devices:
+            raise UserError("empty device list", hint="e.g. devices=['cuda:0', 'cuda:1'] or ['cpu', 'cpu']")
+        device = self.model.device
+        env: dict[str, str] = {}
+        cpu_workers = sum(d == "cpu" for d in devices)
+        if cpu_workers and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, _usable_cores() // cpu_workers))
+        os.environ.update(env)
+        try:
+            pool = self.model.start_multi_process_pool(devices)
+        finally:
+            for name in env:
+                os.environ.pop(name, None)
+            self.model.to(device)
+        return pool
 
     def stop_pool(self) -> None:
         if self._pool is not None:
@@ -240,7 +333,7 @@ class LLMEmbedder:
     def prompts(self) -> dict[str, str]:
         """sentence-transformers prompts for every task: ``{"qa_query": ..., "qa_key": ...}``."""
         out: dict[str, str] = {}
-        for spec in self.tasks.specs():
+        for spec in self.all_tasks():
             out[spec.query_prompt_name] = spec.query_instruction if self.use_instructions else ""
             out[spec.key_prompt_name] = spec.key_instruction if self.use_instructions else ""
         return out
@@ -266,7 +359,7 @@ class LLMEmbedder:
                 "query_max_length": self.query_max_length,
                 "key_max_length": self.key_max_length,
                 "use_instructions": self.use_instructions,
-                "tasks": self.tasks.to_dict(),
+                "tasks": {spec.name: spec.to_dict() for spec in self.all_tasks()},
             },
         )
         if model_card is not None:

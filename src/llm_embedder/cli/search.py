@@ -1,0 +1,169 @@
+"""``llm-embedder search``: query an index folder built by ``llm-embedder index``.
+
+One query on the command line prints the top hits with title/text snippets. ``--queries FILE.jsonl`` (objects
+with a ``query`` field, optional ``query_id``) writes one JSON line per query: ``query_id``, ``query`` and
+``hits`` (rank, row, score and the corpus row's fields) to ``-o OUT.jsonl`` or stdout. The query encoder is the
+one recorded in the index (override with ``--model``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from llm_embedder.cli.common import add_tasks_file_argument, load_tasks_file
+from llm_embedder.data.jsonl import iter_jsonl
+from llm_embedder.errors import DataError, UserError
+from llm_embedder.retrieval.base import Retriever, SearchResult
+
+SNIPPET = 200
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("search", help="search an index folder (dense, BM25 or hybrid)", description=__doc__)
+    parser.add_argument("index", metavar="INDEX_DIR", help="folder written by `llm-embedder index`")
+    parser.add_argument("query", nargs="?", default=None, help="a query (or use --queries)")
+    parser.add_argument("--queries", metavar="FILE", default=None, help="JSON-lines file of queries")
+    parser.add_argument("-o", "--output", default=None, help="write JSON-lines results here (default: stdout)")
+    parser.add_argument("-k", "--top-k", dest="k", type=int, default=10, help="hits per query")
+    parser.add_argument(
+        "--retriever",
+        choices=["auto", "dense", "bm25", "hybrid"],
+        default="auto",
+        help="which part of the index to use (auto: dense when present, else bm25)",
+    )
+    parser.add_argument("--model", default=None, help="query encoder (default: the one that built the index)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--batch-size", type=int, default=32, help="queries per forward pass")
+    parser.add_argument("--corpus", default=None, help="corpus file, if it moved since the index was built")
+    parser.add_argument("--ef-search", type=int, default=None, help="HNSW beam width (recall vs speed)")
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (recall vs speed)")
+    parser.add_argument("--no-mmap", action="store_true", help="read the index into memory instead of mapping it")
+    add_tasks_file_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def _read_queries(path: str) -> tuple[list[str], list[Any]]:
+    queries: list[str] = []
+    ids: list[Any] = []
+    for lineno, obj in iter_jsonl(path):
+        query = obj.get("query")
+        if not isinstance(query, str):
+            raise DataError(path, lineno, "missing or not a string", field="query")
+        queries.append(query)
+        ids.append(obj.get("query_id", obj.get("qid", len(ids))))
+    return queries, ids
+
+
+def open_retriever(args: argparse.Namespace, manifest: dict[str, Any]) -> Retriever:
+    """The retriever ``--retriever`` asks for, built from the parts the index folder holds."""
+    from llm_embedder.retrieval.bm25 import BM25Retriever
+
+    kind = args.retriever
+    has_dense, has_bm25 = bool(manifest.get("dense")), bool(manifest.get("bm25"))
+    if kind == "auto":
+        kind = "dense" if has_dense else "bm25"
+    if kind in ("dense", "hybrid") and not has_dense:
+        raise UserError(f"{args.index} holds no dense index", hint="use --retriever bm25")
+    if kind in ("bm25", "hybrid") and not has_bm25:
+        raise UserError(f"{args.index} holds no BM25 index", hint="rebuild it with `llm-embedder index --bm25`")
+    parts: list[Retriever] = []
+    if kind in ("dense", "hybrid"):
+        from llm_embedder.retrieval.dense import DenseRetriever, embedder_from_manifest
+        from llm_embedder.retrieval.index import DenseIndex
+
+        index = DenseIndex.load(args.index, mmap=not args.no_mmap)
+        index.set_search_params(ef_search=args.ef_search, nprobe=args.nprobe)
+        embedder = embedder_from_manifest(manifest, model=args.model, device=args.device, batch_size=args.batch_size)
+        parts.append(DenseRetriever(embedder, manifest["encoder"]["task"], index=index))
+    if kind in ("bm25", "hybrid"):
+        parts.append(BM25Retriever.load(args.index, mmap=not args.no_mmap))
+    if kind == "hybrid":
+        from llm_embedder.retrieval.hybrid import HybridRetriever
+
+        return HybridRetriever(parts)
+    return parts[0]
+
+
+def _corpus_rows(args: argparse.Namespace, manifest: dict[str, Any]) -> Any:
+    import numpy as np
+
+    from llm_embedder.retrieval.index import CorpusRows
+
+    corpus = manifest.get("corpus") or {}
+    path = args.corpus or corpus.get("path")
+    if not path:
+        raise UserError(f"{args.index}: the manifest does not name its corpus", hint="pass --corpus")
+    offsets = np.load(Path(args.index) / corpus.get("offsets", "offsets.npy"), mmap_mode="r")
+    plain = Path(path).suffix != ".gz"  # a .gz corpus is smaller on disk than the bytes indexed
+    if (
+        args.corpus is None
+        and plain
+        and Path(path).is_file()
+        and Path(path).stat().st_size < int(corpus.get("bytes", 0))
+    ):
+        raise UserError(f"corpus {path} is shorter than when it was indexed", hint="rebuild the index")
+    return CorpusRows(path, offsets)
+
+
+def _hits(result: SearchResult, i: int, rows: Any) -> list[dict[str, Any]]:
+    hits = result.hits(i)
+    fetched = rows.get([row for row, _ in hits])
+    return [
+        {"rank": rank, "row": row, "score": round(score, 6), **fields}
+        for rank, ((row, score), fields) in enumerate(zip(hits, fetched, strict=True), start=1)
+    ]
+
+
+def _snippet(fields: dict[str, Any]) -> str:
+    title = str(fields.get("title") or "").strip()
+    text = " ".join(str(fields.get("text", "") or json.dumps(fields, ensure_ascii=False)).split())
+    if len(text) > SNIPPET:
+        text = text[: SNIPPET - 3] + "..."
+    return f"{title} | {text}" if title else text
+
+
+def run(args: argparse.Namespace) -> int:
+    load_tasks_file(args)
+    from llm_embedder.retrieval.index import read_manifest
+
+    if (args.query is None) == (args.queries is None):
+        raise UserError("give one query or --queries FILE", hint='e.g. llm-embedder search INDEX "who wrote hamlet"')
+    if args.k <= 0:
+        raise UserError(f"-k must be positive, got {args.k}")
+    manifest = read_manifest(args.index)
+    rows = _corpus_rows(args, manifest)
+    retriever = open_retriever(args, manifest)
+    if args.query is not None:
+        queries, ids = [args.query], [0]
+    else:
+        queries, ids = _read_queries(args.queries)
+    result = retriever.search(queries, args.k)
+
+    if args.queries is None and args.output is None:
+        hits = _hits(result, 0, rows)
+        if not hits:
+            print("no hits")
+        for hit in hits:
+            fields = {k: v for k, v in hit.items() if k not in ("rank", "row", "score")}
+            print(f"{hit['rank']:>3}. [row {hit['row']}] {hit['score']:.4f}  {_snippet(fields)}")
+        return 0
+
+    lines = (
+        json.dumps({"query_id": qid, "query": q, "hits": _hits(result, i, rows)}, ensure_ascii=False)
+        for i, (q, qid) in enumerate(zip(queries, ids, strict=True))
+    )
+    if args.output is None:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+    else:
+        from llm_embedder.utils.files import atomic_write
+
+        with atomic_write(args.output) as handle:
+            for line in lines:
+                handle.write(line + "\n")
+        print(f"wrote {len(queries)} results to {args.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,19 @@
+"""Downstream evaluation: one evaluator per augmentation scenario (knowledge, memory, long context, ICL, tools)."""
+
+from llm_embedder.evaluation.downstream.base import (
+    DownstreamEvaluator,
+    DownstreamSettings,
+    LanguageModel,
+    RetrievedKey,
+)
+from llm_embedder.evaluation.downstream.registry import DOWNSTREAM, get_downstream, register_downstream
+
+__all__ = [
+    "DOWNSTREAM",
+    "DownstreamEvaluator",
+    "DownstreamSettings",
+    "LanguageModel",
+    "RetrievedKey",
+    "get_downstream",
+    "register_downstream",
+]

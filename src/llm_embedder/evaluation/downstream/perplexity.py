@@ -1,0 +1,64 @@
+"""Perplexity scenarios (chat memory, long-range LM): how well does the LLM predict the target given the keys?
+
+Perplexity is token-weighted over the whole set, ``exp(-sum(log p) / sum(tokens))``, i.e. every target token
+counts once. The reference averaged per-sample perplexities, which lets a few short, surprising targets dominate
+(method.md section 8).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from llm_embedder.data.records import Record
+from llm_embedder.evaluation.downstream.base import (
+    DownstreamEvaluator,
+    LanguageModel,
+    RetrievedKey,
+    require_answers,
+)
+from llm_embedder.evaluation.downstream.prompting import build_scoring_request, score
+
+
+def token_weighted_perplexity(sum_logprob: Sequence[float] | np.ndarray, n_tokens: Sequence[int] | np.ndarray) -> float:
+    """``exp(-sum(sum_logprob) / sum(n_tokens))``: the perplexity of all target tokens pooled together."""
+    total_tokens = float(np.sum(np.asarray(n_tokens, dtype=np.float64)))
+    if total_tokens <= 0:
+        return float("nan")
+    return float(np.exp(-np.sum(np.asarray(sum_logprob, dtype=np.float64)) / total_tokens))
+
+
+class PerplexityEvaluator(DownstreamEvaluator):
+    """Scores ``record.answers[0]`` after a prompt made of the retrieved keys and the query."""
+
+    metrics: ClassVar[tuple[str, ...]] = ("perplexity",)
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"perplexity"})
+
+    def check_records(self, records: Sequence[Record]) -> None:
+        require_answers(records, self.name)
+
+    @abstractmethod
+    def build_context(self, tokenizer: Any, record: Record, keys: Sequence[RetrievedKey]) -> str:
+        """The prompt before the target: retrieved keys (fitted to the budget) then the query."""
+
+    def target(self, record: Record) -> str:
+        return " " + (record.answers or [""])[0].strip()
+
+    def evaluate(
+        self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
+    ) -> dict[str, float]:
+        assert lm is not None
+        requests = [
+            build_scoring_request(
+                lm,
+                self.build_context(lm.tokenizer, record, list(keys[: self.top_k])),
+                self.target(record),
+                budget=self.settings.max_prompt_tokens,
+            )
+            for record, keys in zip(records, retrieved, strict=True)
+        ]
+        sum_lp, n_tok = score(lm, requests, self.settings, desc=f"{self.name} target likelihood")
+        return {"perplexity": token_weighted_perplexity(sum_lp, n_tok)}

@@ -1,0 +1,241 @@
+"""Orchestration of an evaluation: records -> each retriever's retrieval -> retrieval metrics -> LLM metrics.
+
+:func:`evaluate` is the Python API behind ``llm-embedder eval`` and the end-to-end pipeline. It knows no task by
+name: the task table says which scenario evaluator runs (``evaluation.downstream``), which retrieval metrics are
+computed (``evaluation.metrics``) and how many keys go into a prompt (``evaluation.top_k``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from llm_embedder.data.corpus import Corpus
+from llm_embedder.data.records import Record, load_records
+from llm_embedder.errors import UserError
+from llm_embedder.evaluation.downstream.base import DownstreamEvaluator, DownstreamSettings, LanguageModel
+from llm_embedder.evaluation.downstream.registry import get_downstream
+from llm_embedder.evaluation.metrics import compute_metrics
+from llm_embedder.evaluation.retrieve import RetrievalOutcome, retrieve
+from llm_embedder.evaluation.retrievers import EvalRetriever, build_retriever, caching_loader
+from llm_embedder.tasks.registry import TASKS, TaskRegistry
+from llm_embedder.tasks.spec import TaskSpec
+
+RESULTS_FORMAT = 1
+_CUTOFF = re.compile(r"@(\d+)$")
+
+
+def select_records(
+    records: Sequence[Record], limit: int | None, *, sample: Literal["first", "random"] = "first", seed: int = 0
+) -> list[Record]:
+    """At most ``limit`` records: the first ones, or a seeded random subset kept in file order."""
+    if limit is None or limit >= len(records):
+        return list(records)
+    if limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if sample == "first":
+        return list(records[:limit])
+    if sample == "random":
+        chosen = np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False))
+        return [records[int(i)] for i in chosen]
+    raise UserError(f"unknown sampling {sample!r}", hint="choose first or random")
+
+
+def retrieval_depth(metrics: Sequence[str], top_k: int) -> int:
+    """How many corpus hits to fetch: enough for the prompt and for the deepest metric cut-off (``ndcg@10``)."""
+    cutoffs = [int(m.group(1)) for m in (_CUTOFF.search(name) for name in metrics) if m]
+    return max([top_k, 10, *cutoffs])
+
+
+def load_language_model(lm: Any, *, dtype: str = "fp32", device: str | None = None) -> LanguageModel:
+    """A :class:`LanguageModel` from a name/path (``None`` = the bundled SmolLM2), a ``(model, tokenizer)`` pair
+    or a ready :class:`LanguageModel`."""
+    if isinstance(lm, LanguageModel):
+        return lm
+    if isinstance(lm, tuple) and len(lm) == 2:
+        return LanguageModel(lm[0], lm[1], name=type(lm[0]).__name__)
+    from llm_embedder.lm.loading import DEFAULT_LM, load_causal_lm
+
+    model, tokenizer = load_causal_lm(lm, dtype=dtype, device=device)
+    return LanguageModel(model, tokenizer, name=str(lm) if lm is not None else DEFAULT_LM)
+
+
+def retrieval_metrics(outcome: RetrievalOutcome, metrics: Sequence[str]) -> dict[str, float]:
+    """The task's retrieval metrics over the judged records (a judged record without hits scores 0)."""
+    if not outcome.qrels or not metrics:
+        return {}
+    return {name: float(value) for name, value in compute_metrics(outcome.run, outcome.qrels, list(metrics)).items()}
+
+
+def _resolve_task(task: str | TaskSpec, registry: TaskRegistry | None) -> tuple[TaskSpec, TaskRegistry]:
+    registry = registry if registry is not None else TASKS
+    if isinstance(task, TaskSpec):
+        if task.name not in registry or registry.get(task.name) != task:
+            registry = registry.copy()
+            registry.register(task, overwrite=True)
+        return task, registry
+    return registry.get(task), registry
+
+
+def _log(show: bool, message: str) -> None:
+    if show:
+        print(message, file=sys.stderr, flush=True)
+
+
+def evaluate(
+    task: str | TaskSpec,
+    data: str | os.PathLike[str] | Sequence[Record],
+    retrievers: Sequence[str | EvalRetriever],
+    *,
+    corpus: str | os.PathLike[str] | Corpus | None = None,
+    lm: Any = None,
+    limit: int | None = None,
+    sample: Literal["first", "random"] = "first",
+    seed: int = 0,
+    top_k: int | None = None,
+    max_prompt_tokens: int = 1024,
+    max_new_tokens: int = 16,
+    candidates_only: bool = False,
+    downstream: bool = True,
+    key_template: str | None = None,
+    lm_dtype: str = "fp32",
+    device: str | None = None,
+    registry: TaskRegistry | None = None,
+    settings: DownstreamSettings | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Compare ``retrievers`` on ``task``: retrieval metrics and the LLM's downstream metrics, per retriever.
+
+    Args:
+        task: a registered task name or a :class:`TaskSpec`.
+        data: a JSON-lines file of records, or the records.
+        retrievers: spec strings (``none``, ``random``, ``recency``, ``bm25``, ``hybrid``, ``default``, an encoder
+            folder or hub id, ``label=spec``) or ready :class:`EvalRetriever` objects.
+        corpus: a corpus file/:class:`Corpus` to retrieve from; without it each record's candidates are ranked.
+        lm: causal LM name/path (default: bundled SmolLM2), ``(model, tokenizer)`` or a :class:`LanguageModel`.
+        limit / sample / seed: evaluate only ``limit`` records (the first ones, or a seeded random subset).
+        top_k: keys per prompt (default: the task table's ``evaluation.top_k``).
+        max_prompt_tokens: prompt budget; the least relevant keys are dropped or cut first, never the target.
+        candidates_only: rank the records' own candidates even when a corpus is given.
+        downstream: False skips the LLM (retrieval metrics only).
+        key_template: render corpus rows with this instead of the task's ``key_template``.
+
+    Returns:
+        a JSON-able dict: ``results`` maps each retriever label to ``{metric: value}``; ``metrics`` lists the
+        columns in display order, ``lower_is_better`` the metrics where smaller wins, plus run details.
+    """
+    started = time.perf_counter()
+    spec, registry = _resolve_task(task, registry)
+    evaluator_cls = get_downstream(spec.evaluation.downstream, task=spec.name)
+    settings = settings or DownstreamSettings(
+        top_k=top_k, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, show_progress=show_progress
+    )
+    if settings.top_k is not None and settings.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {settings.top_k}")
+    if settings.max_prompt_tokens < 16:
+        raise UserError(f"--max-prompt-tokens must be at least 16, got {settings.max_prompt_tokens}")
+    evaluator: DownstreamEvaluator = evaluator_cls(spec, settings)
+
+    if isinstance(data, (str, os.PathLike)):
+        data_name = str(data)
+        records = load_records(data, task=spec.name, registry=registry)
+    else:
+        data_name = "<records>"
+        records = list(data)
+    records = select_records(records, limit, sample=sample, seed=seed)
+    if not records:
+        raise UserError(f"{data_name}: no records to evaluate")
+    run_downstream = downstream and evaluator.needs_lm
+    if run_downstream:
+        evaluator.check_records(records)
+        if lm is None or isinstance(lm, (str, os.PathLike)):
+            from llm_embedder.lm.loading import resolve_lm
+
+            resolve_lm(lm)  # a wrong --lm fails now, not after the retrieval work
+
+    if isinstance(corpus, (str, os.PathLike)):
+        corpus_name: str | None = str(corpus)
+        corpus = Corpus.from_file(corpus, key_template or spec.key_template)
+    else:
+        corpus_name = getattr(corpus, "path", None) if corpus is not None else None
+
+    if not retrievers:
+        raise UserError("no retriever to evaluate", hint="pass --retriever NAME (none, bm25, default, a folder ...)")
+    load = caching_loader(device=device)
+    built = [r if isinstance(r, EvalRetriever) else build_retriever(r, seed=seed, load_embedder=load) for r in retrievers]
+    labels = [r.name for r in built]
+    duplicates = sorted({name for name in labels if labels.count(name) > 1})
+    if duplicates:
+        raise UserError(f"retriever {duplicates[0]!r} given twice", hint="label them apart: --retriever LABEL=SPEC")
+    for retriever in built:
+        retriever.prepare(spec)
+
+    depth = retrieval_depth(spec.evaluation.metrics, evaluator.top_k)
+    results: dict[str, dict[str, float]] = {}
+    details: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, RetrievalOutcome] = {}
+    # Retrieval first, for every retriever: it is cheap next to the LLM and fails fast on a bad combination.
+    for retriever in built:
+        t0 = time.perf_counter()
+        _log(show_progress, f"[eval {spec.name}] {retriever.name}: retrieving for {len(records)} records")
+        outcome = retrieve(
+            records, retriever, task=spec.name, corpus=corpus, depth=depth, candidates_only=candidates_only
+        )
+        outcomes[retriever.name] = outcome
+        results[retriever.name] = retrieval_metrics(outcome, spec.evaluation.metrics) if retriever.retrieves else {}
+        details[retriever.name] = {
+            "pool": outcome.pool,
+            "judged_records": len(outcome.qrels),
+            "retrieval_seconds": round(time.perf_counter() - t0, 2),
+        }
+
+    language_model = None
+    if run_downstream:
+        language_model = load_language_model(lm, dtype=lm_dtype, device=device)
+        for retriever in built:
+            if not (retriever.retrieves or evaluator.supports_no_retrieval):
+                continue
+            t0 = time.perf_counter()
+            _log(show_progress, f"[eval {spec.name}] {retriever.name}: {evaluator.name} evaluation with {language_model.name}")
+            downstream_metrics = evaluator.evaluate(records, outcomes[retriever.name].keys, language_model)
+            results[retriever.name] = {**downstream_metrics, **results[retriever.name]}
+            details[retriever.name]["downstream_seconds"] = round(time.perf_counter() - t0, 2)
+
+    computed = {name for metrics in results.values() for name in metrics}
+    order = [m for m in (*(evaluator.metrics if run_downstream else ()), *spec.evaluation.metrics) if m in computed]
+    main = next((m for m in order if m in evaluator.metrics), spec.evaluation.main_metric)
+    return {
+        "format": RESULTS_FORMAT,
+        "task": spec.name,
+        "downstream": evaluator.name if run_downstream else None,
+        "data": data_name,
+        "corpus": corpus_name,
+        "pool": "corpus" if corpus is not None and not candidates_only else "candidates",
+        "lm": language_model.name if language_model is not None else None,
+        "n_records": len(records),
+        "top_k": evaluator.top_k,
+        "max_prompt_tokens": settings.max_prompt_tokens,
+        "limit": limit,
+        "sample": sample,
+        "seed": seed,
+        "retrievers": labels,
+        "metrics": order,
+        "main_metric": main if main in computed else (order[0] if order else None),
+        "lower_is_better": sorted(m for m in order if m in evaluator.lower_is_better),
+        "results": {name: {m: _clean(v) for m, v in metrics.items()} for name, metrics in results.items()},
+        "details": details,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _clean(value: float) -> float | None:
+    """JSON has no NaN/inf: an undefined metric becomes null (shown as '-')."""
+    return float(value) if math.isfinite(value) else None
+

@@ -1,0 +1,144 @@
+"""The pipeline recipe: which data per task, which base encoder and LM, how long to train, what to compare.
+
+A recipe is a YAML/JSON file (see ``recipes/``) read into typed dataclasses; unknown keys are errors, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llm_embedder.errors import UserError
+
+
+@dataclass
+class TaskData:
+    """Where a task's data comes from: files in the record format, or a built-in generator (``source``)."""
+
+    train: str | None = None
+    dev: str | None = None
+    corpus: str | None = None
+    #: built-in generator instead of files: "stdlib_tools" or "stdlib_lrlm"
+    source: str | None = None
+    limit_train: int | None = None
+    limit_dev: int | None = None
+    #: extra options for the generator (e.g. chunk_tokens for lrlm)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreConfig:
+    token_budget: int = 8192
+    max_batch_size: int = 64
+    max_key_tokens: int = 512
+    dtype: str = "fp32"
+    #: also score the dev records of reward tasks, so chat/lrlm/icl get retrieval metrics (relevant = best reward)
+    score_dev: bool = True
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 16
+    group_size: int = 4
+    lr: float = 2e-5
+    warmup: float = 0.1
+    query_max_length: int = 128
+    key_max_length: int = 128
+    grad_cache_chunk: int | None = None
+    dtype: str = "fp32"
+    save_steps: int = 50
+
+
+@dataclass
+class EvalConfig:
+    #: baselines besides the base encoder and the trained variants
+    retrievers: list[str] = field(default_factory=lambda: ["bm25"])
+    limit: int | None = None
+    #: run the LLM-based downstream metrics (perplexity, accuracy ...) besides retrieval metrics
+    downstream: bool = True
+    downstream_limit: int | None = None
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "pipeline"
+    output_dir: str = "runs/pipeline"
+    encoder: str = "default"
+    lm: str = "smollm2"
+    seed: int = 0
+    tasks: dict[str, TaskData] = field(default_factory=dict)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    #: name -> training overrides; "full" is the complete recipe, others are ablations (paper Table 4)
+    variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"full": {}})
+    #: folder the relative data paths are resolved against (the recipe file's folder)
+    base_dir: str = "."
+
+    def resolve(self, path: str | None) -> Path | None:
+        if path is None:
+            return None
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def fingerprint(self, *parts: Any) -> str:
+        """A short hash of the given config parts: a stage is redone when its inputs change."""
+        blob = json.dumps([_plain(p) for p in parts], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _plain(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def _build(klass: type, data: Any, where: str) -> Any:
+    if data is None:
+        return klass()
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a mapping")
+    known = {f.name for f in dataclasses.fields(klass)}
+    unknown = set(data) - known
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}", hint=f"known: {', '.join(sorted(known))}")
+    return klass(**data)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a recipe file; ``overrides`` (e.g. from the CLI) replace top-level keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot parse recipe: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a mapping")
+    data.update(overrides or {})
+    where = str(path)
+    tasks = data.pop("tasks", {}) or {}
+    if not isinstance(tasks, dict) or not tasks:
+        raise UserError(f"{where}: 'tasks' must map task names to their data")
+    config = _build(
+        PipelineConfig,
+        {
+            **{k: v for k, v in data.items() if k not in ("score", "train", "eval")},
+            "tasks": {name: _build(TaskData, spec, f"{where}: tasks.{name}") for name, spec in tasks.items()},
+            "score": _build(ScoreConfig, data.get("score"), f"{where}: score"),
+            "train": _build(TrainConfig, data.get("train"), f"{where}: train"),
+            "eval": _build(EvalConfig, data.get("eval"), f"{where}: eval"),
+        },
+        where,
+    )
+    config.base_dir = str(path.parent)
+    if "full" not in config.variants:
+        raise UserError(f"{where}: 'variants' must include 'full' (the complete recipe)")
+    return config

@@ -1,0 +1,194 @@
+"""``llm-embedder pipeline``: build -> score (LLM feedback) -> train (full recipe + ablations) -> evaluate -> report.
+
+Every stage is skipped when its output is already complete for the same inputs (see :mod:`.stages`); scoring and
+training also resume from their own partial outputs, so a killed run restarted with the same command continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llm_embedder.errors import UserError
+from llm_embedder.pipeline.build import build_task
+from llm_embedder.pipeline.config import PipelineConfig
+from llm_embedder.pipeline.stages import StageTracker
+from llm_embedder.tasks.registry import TASKS
+
+
+class Pipeline:
+    """One run of a recipe in ``config.output_dir``."""
+
+    def __init__(self, config: PipelineConfig, *, log: Callable[[str], None] = print, device: str | None = None) -> None:
+        self.config = config
+        self.root = Path(config.output_dir)
+        self.tracker = StageTracker(self.root, log=log)
+        self.log = log
+        self.device = device
+        self._lm: tuple[Any, Any] | None = None
+        for task in config.tasks:
+            TASKS.get(task)  # unknown task names fail before any work
+
+    # ------------------------------------------------------------------ helpers
+    def lm(self) -> tuple[Any, Any]:
+        """The LLM (loaded once, shared by scoring and evaluation)."""
+        if self._lm is None:
+            from llm_embedder.lm.loading import load_causal_lm
+
+            self._lm = load_causal_lm(self.config.lm, dtype=self.config.score.dtype, device=self.device)
+        return self._lm
+
+    def data_file(self, task: str, split: str) -> Path:
+        """The scored file when the task has an LLM reward and it was scored, else the built file."""
+        scored = self.root / "data" / task / f"{split}.scored.jsonl"
+        return scored if scored.is_file() else self.root / "data" / task / f"{split}.jsonl"
+
+    def needs_scores(self, task: str, split: str) -> bool:
+        spec = TASKS.get(task)
+        if spec.reward.kind == "none":
+            return False
+        return split == "train" or self.config.score.score_dev
+
+    # ------------------------------------------------------------------ stages
+    def build(self) -> dict[str, Any]:
+        out = {}
+        for task, data in self.config.tasks.items():
+            fp = self.config.fingerprint(data, self.config.seed, self.config.lm if data.source == "stdlib_lrlm" else "")
+            out[task] = self.tracker.run(f"build-{task}", fp, lambda t=task, d=data: build_task(self.config, t, d))
+        return out
+
+    def score(self) -> None:
+        from llm_embedder.reward.resumable import score_file
+        from llm_embedder.reward.scorer import RewardScorer
+
+        cfg = self.config.score
+        for task in self.config.tasks:
+            for split in ("train", "dev"):
+                if not self.needs_scores(task, split):
+                    continue
+                src = self.root / "data" / task / f"{split}.jsonl"
+                dst = self.root / "data" / task / f"{split}.scored.jsonl"
+                fp = self.config.fingerprint(cfg, self.config.lm, _file_stamp(src))
+
+                def work(src: Path = src, dst: Path = dst, task: str = task) -> dict[str, Any]:
+                    model, tokenizer = self.lm()
+                    scorer = RewardScorer(
+                        model,
+                        tokenizer,
+                        task=task,
+                        max_key_tokens=cfg.max_key_tokens,
+                        token_budget=cfg.token_budget,
+                        max_batch_size=cfg.max_batch_size,
+                    )
+                    result = score_file(src, dst, scorer, options={"lm": self.config.lm, "dtype": cfg.dtype})
+                    return _jsonable(result)
+
+                self.tracker.run(f"score-{task}-{split}", fp, work)
+
+    def train(self) -> dict[str, str]:
+        from llm_embedder.pipeline.training import train_variant
+
+        models = {}
+        for variant, overrides in self.config.variants.items():
+            out = self.root / "models" / variant
+            data = {task: str(self.data_file(task, "train")) for task in self.config.tasks}
+            fp = self.config.fingerprint(
+                self.config.train, overrides, self.config.encoder, self.config.seed, {t: _file_stamp(Path(p)) for t, p in data.items()}
+            )
+            self.tracker.run(
+                f"train-{variant}",
+                fp,
+                lambda v=variant, o=overrides, out=out, data=data: train_variant(self.config, v, o, data, out),
+            )
+            models[variant] = str(out)
+        return models
+
+    def evaluate(self, models: dict[str, str]) -> dict[str, Any]:
+        from llm_embedder.evaluation.report import write_report
+        from llm_embedder.evaluation.runner import evaluate
+
+        cfg = self.config.eval
+        retrievers = [*cfg.retrievers, f"base={self.config.encoder}"] + [f"{name}={path}" for name, path in models.items()]
+        results = {}
+        for task, data in self.config.tasks.items():
+            dev = self.data_file(task, "dev")
+            built = self.tracker.state_dir / f"build-{task}.json"
+            corpus = _built_corpus(built) or (str(self.config.resolve(data.corpus)) if data.corpus else None)
+            fp = self.config.fingerprint(cfg, retrievers, _file_stamp(dev), self.config.lm, [_file_stamp(Path(p) / "model.safetensors") for p in models.values()])
+
+            def work(task: str = task, dev: Path = dev, corpus: str | None = corpus) -> dict[str, Any]:
+                result = evaluate(
+                    task,
+                    dev,
+                    retrievers,
+                    corpus=corpus,
+                    lm=self.lm() if cfg.downstream else None,
+                    limit=cfg.limit,
+                    sample="random",
+                    seed=self.config.seed,
+                    downstream=cfg.downstream,
+                    device=self.device,
+                )
+                write_report(result, self.root / "eval", stem=task)
+                return result
+
+            results[task] = self.tracker.run(f"eval-{task}", fp, work)
+        return results
+
+    def run(self, stages: list[str] | None = None) -> dict[str, Any]:
+        """Run the stages (default all) and write ``summary.md`` / ``summary.json`` / ``summary.png``."""
+        from llm_embedder.pipeline.summary import write_summary
+
+        wanted = stages or ["build", "score", "train", "eval"]
+        unknown = set(wanted) - {"build", "score", "train", "eval"}
+        if unknown:
+            raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}", hint="choose from build, score, train, eval")
+        started = time.perf_counter()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if "build" in wanted:
+            self.build()
+        if "score" in wanted:
+            self.score()
+        models: dict[str, str] = {}
+        if "train" in wanted:
+            models = self.train()
+        else:
+            models = {v: str(self.root / "models" / v) for v in self.config.variants if (self.root / "models" / v).is_dir()}
+        summary: dict[str, Any] = {}
+        if "eval" in wanted:
+            results = self.evaluate(models)
+            summary = write_summary(self.config, results, self.tracker.seconds(), self.root)
+        self.log(f"pipeline finished in {time.perf_counter() - started:.1f}s; outputs in {self.root}")
+        return summary
+
+
+def _file_stamp(path: Path) -> list[Any]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return [str(path), None]
+    return [str(path), stat.st_size, int(stat.st_mtime)]
+
+
+def _built_corpus(marker: Path) -> str | None:
+    import json
+
+    try:
+        return (json.loads(marker.read_text()).get("result") or {}).get("corpus")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

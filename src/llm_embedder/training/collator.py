@@ -1,0 +1,99 @@
+"""Collate sampled groups into the two model inputs (queries, key groups) plus the labels the losses read.
+
+Texts are tokenised with the model's own ``preprocess`` and the task instructions as the prompt, exactly as
+``LLMEmbedder.encode`` does at inference (same prompt, same truncation per side), so training and retrieval see the
+same inputs. It runs in the data-loader workers.
+
+Output (sentence-transformers' column convention, read by its trainer):
+``query_input_ids``, ``query_attention_mask``, ... / ``key_input_ids``, ... (``n * G`` rows), ``label = {"task": (n,),
+"teacher_scores": (n, G), "query_order": (n,), "key_order": (n * G,)}`` (scores only when some item has them; zeros for
+the others), ``dataset_name`` (or ``"mixed"``) and ``sample_ids`` (for the batch log). The rows of each column are
+sorted by length for cheaper gradient-cache mini-batches; ``*_order`` restores group order (key row ``i * G + j``
+is key ``j`` of query ``i``, positive first) - see :func:`sort_by_length`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+Instruction = Callable[[str, str], str]
+
+
+def sort_by_length(features: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """Rows sorted longest first, and the index that restores the original order (``sorted[restore]``).
+
+    Gradient caching embeds contiguous mini-batches and trims each one's trailing padding, so neighbours of similar
+    length waste little compute; the losses put the rows back in group order before scoring.
+    """
+    mask = features.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+        return features, None
+    order = torch.argsort(mask.sum(dim=1), descending=True, stable=True)
+    rows = mask.shape[0]
+    sorted_features = {
+        name: value[order] if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == rows else value
+        for name, value in features.items()
+    }
+    return sorted_features, torch.argsort(order)
+
+
+class GroupCollator:
+    """Args:
+    preprocess_fn: the model's ``preprocess(texts, prompt=..., max_length=...)``.
+    instruction: ``(task, side) -> text`` prepended to inputs (``""`` when instructions are off).
+    task_names: task order of the loss (the label's task ids index it).
+    query_max_length / key_max_length: token budgets per side.
+    """
+
+    def __init__(
+        self,
+        preprocess_fn: Callable[..., dict[str, Any]],
+        *,
+        instruction: Instruction,
+        task_names: Sequence[str],
+        query_max_length: int,
+        key_max_length: int,
+    ) -> None:
+        self.preprocess_fn = preprocess_fn
+        self.instruction = instruction
+        self.task_names = list(task_names)
+        self.query_max_length = query_max_length
+        self.key_max_length = key_max_length
+
+    def _encode(self, texts: list[str], tasks: list[str], side: str, max_length: int) -> dict[str, Any]:
+        if len(set(tasks)) == 1:
+            prompt = self.instruction(tasks[0], side) or None
+            return self.preprocess_fn(texts, prompt=prompt, max_length=max_length)
+        # mixed batches: one prompt per text (identical for pooling that includes the prompt tokens)
+        texts = [self.instruction(task, side) + text for task, text in zip(tasks, texts, strict=True)]
+        return self.preprocess_fn(texts, max_length=max_length)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        group_sizes = {len(item["keys"]) for item in items}
+        if len(group_sizes) != 1:
+            raise ValueError(f"items of one batch have different group sizes: {sorted(group_sizes)}")
+        tasks = [item["task"] for item in items]
+        batch: dict[str, Any] = {}
+        queries = self._encode([item["query"] for item in items], tasks, "query", self.query_max_length)
+        key_tasks = [task for item, task in zip(items, tasks, strict=True) for _ in item["keys"]]
+        keys = self._encode([key for item in items for key in item["keys"]], key_tasks, "key", self.key_max_length)
+        label: dict[str, torch.Tensor] = {"task": torch.tensor([self.task_names.index(t) for t in tasks])}
+        for prefix, features in (("query", queries), ("key", keys)):
+            features, restore = sort_by_length(features)
+            if restore is not None:
+                label[f"{prefix}_order"] = restore
+            for name, value in features.items():
+                batch[f"{prefix}_{name}"] = value
+        if any(item["teacher_scores"] is not None for item in items):
+            size = group_sizes.pop()
+            label["teacher_scores"] = torch.tensor(
+                [item["teacher_scores"] or [0.0] * size for item in items], dtype=torch.float32
+            )
+        batch["label"] = label
+        names = {item["dataset"] for item in items}
+        batch["dataset_name"] = names.pop() if len(names) == 1 else "mixed"
+        batch["sample_ids"] = [item["id"] for item in items]
+        return batch

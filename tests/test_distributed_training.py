@@ -1,0 +1,125 @@
+"""Two real processes (gloo on CPU): homogeneous steps across ranks with the real trainer, and the cross-process
+losses equal to one process holding the whole batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from train_helpers import build_tiny_model, make_records, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_training_takes_each_step_from_one_dataset(tmp_path):
+    model = build_tiny_model(tmp_path / "tiny")
+    files = {
+        "qa": write_jsonl(tmp_path / "qa.jsonl", make_records(24, seed=1)),
+        "chat": write_jsonl(tmp_path / "chat.jsonl", make_records(16, seed=2, history=True)),
+        "tool": write_jsonl(tmp_path / "tool.jsonl", make_records(16, seed=3, scored=False)),
+    }
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "llm_embedder.cli.main", "train", "--nproc", "2",
+        "--model", model, *[arg for name, path in files.items() for arg in ("--data", f"{name}={path}")],
+        "--steps", "8", "--batch-size", "2", "--group-size", "3", "--grad-cache-chunk", "3", "--lr", "1e-3",
+        "--query-max-length", "48", "--key-max-length", "48", "--num-workers", "1", "--save-steps", "4",
+        "--log-batches", "--device", "cpu", "-o", str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "MASTER_PORT": str(free_port())}
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es) x 2 queries" in result.stdout
+
+    steps: dict[int, dict[int, dict]] = defaultdict(dict)
+    for rank in (0, 1):
+        for line in (out / f"batches-rank{rank}.jsonl").read_text().splitlines():
+            entry = json.loads(line)
+            steps[entry["step"]][rank] = entry
+    assert sorted(steps) == list(range(1, 9))
+    used = set()
+    for step, ranks in steps.items():
+        assert set(ranks) == {0, 1}, f"step {step} missing a rank"
+        assert ranks[0]["dataset"] == ranks[1]["dataset"], f"step {step}: ranks drew different datasets"
+        ids = ranks[0]["ids"] + ranks[1]["ids"]
+        assert {i.split(":")[0] for i in ids} == {ranks[0]["dataset"]} and len(set(ids)) == 4
+        used.add(ranks[0]["dataset"])
+    assert len(used) >= 2  # the steps really came from several datasets
+    assert (out / "model.safetensors").is_file() and (out / "llm_embedder.json").is_file()
+
+
+# ------------------------------------------------------------------------------------ losses across processes
+def _distributed_losses(rank: int, world: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from llm_embedder.training.losses import ContrastiveLoss, KLDistillationLoss, StabilizedDistillationLoss
+
+        n, group, dim = 6, 3, 8
+        gen = torch.Generator().manual_seed(0)
+        queries = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+        keys = torch.randn(n * group, dim, generator=gen, dtype=torch.float64)
+        teacher = torch.randn(n, group, generator=gen, dtype=torch.float64)
+        local = slice(rank * n // world, (rank + 1) * n // world)
+        local_keys = slice(rank * n * group // world, (rank + 1) * n * group // world)
+        out = {}
+        for name, loss in (
+            ("contrastive", ContrastiveLoss(temperature=0.05)),
+            ("kl", KLDistillationLoss(temperature=0.05)),
+            ("stabilized", StabilizedDistillationLoss(temperature=0.05)),
+        ):
+            q = queries[local].clone().requires_grad_()
+            k = keys[local_keys].clone().requires_grad_()
+            value = loss.calculate_loss([[q], [k]], teacher[local])
+            value.backward()
+            out[name] = (float(value.detach()), q.grad.clone(), k.grad.clone())
+        results[rank] = out
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cross_process_losses_equal_one_process():
+    from llm_embedder.training.losses import ContrastiveLoss, KLDistillationLoss, StabilizedDistillationLoss
+
+    world = 2
+    manager = mp.Manager()
+    results = manager.dict()
+    # fork: the children inherit the imported modules instead of importing sentence-transformers again
+    mp.start_processes(_distributed_losses, args=(world, free_port(), results), nprocs=world, start_method="fork")
+
+    n, group, dim = 6, 3, 8
+    gen = torch.Generator().manual_seed(0)
+    queries = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    keys = torch.randn(n * group, dim, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(n, group, generator=gen, dtype=torch.float64)
+    for name, loss in (
+        ("contrastive", ContrastiveLoss(temperature=0.05)),
+        ("kl", KLDistillationLoss(temperature=0.05)),
+        ("stabilized", StabilizedDistillationLoss(temperature=0.05)),
+    ):
+        q, k = queries.clone().requires_grad_(), keys.clone().requires_grad_()
+        value = loss.calculate_loss([[q], [k]], teacher)
+        value.backward()
+        # DDP averages over processes: the objective is the mean of the per-process losses
+        mean = sum(results[r][name][0] for r in range(world)) / world
+        assert mean == pytest.approx(float(value.detach()), rel=1e-10), name
+        q_grad = torch.cat([results[r][name][1] for r in range(world)]) / world
+        k_grad = torch.cat([results[r][name][2] for r in range(world)]) / world
+        torch.testing.assert_close(q_grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(k_grad, k.grad, rtol=1e-9, atol=1e-12, msg=name)
