@@ -78,6 +78,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="faiss threads (default 1)")
     parser.add_argument("--ef-search", default="32,64,128,256", help="HNSW settings to sweep")
     parser.add_argument("--nprobe", default="8,16,32,64", help="IVF-PQ settings to sweep")
+    parser.add_argument("--rerank", type=int, default=4, help="re-rank factor of the ivfpq-rerank variant")
+    parser.add_argument("--types", default="flat,hnsw,ivfpq,ivfpq-rerank", help="index types to compare")
     parser.add_argument("--plot", default=None, help="write a recall-vs-speed PNG here")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -104,19 +106,25 @@ def main() -> int:
     rows.append(("flat (exact)", "-", flat_build, index_bytes(flat), flat_qps, 1.0))
     print(f"flat built in {flat_build:.1f}s", flush=True)
 
-    for kind, setting, values in (
-        ("hnsw", "ef_search", [int(v) for v in args.ef_search.split(",")]),
-        ("ivfpq", "nprobe", [int(v) for v in args.nprobe.split(",")]),
-    ):
+    ef = [int(v) for v in args.ef_search.split(",")]
+    nprobe = [int(v) for v in args.nprobe.split(",")]
+    variants = {
+        "hnsw": (IndexParams("hnsw"), "ef_search", ef),
+        "ivfpq": (IndexParams("ivfpq"), "nprobe", nprobe),
+        "ivfpq-rerank": (IndexParams("ivfpq", rerank=args.rerank), "nprobe", nprobe),
+    }
+    for kind in [t for t in args.types.split(",") if t != "flat"]:
+        params, setting, values = variants[kind]
         start = time.perf_counter()
-        index = DenseIndex.build(x, params=IndexParams(index_type=kind))
+        index = DenseIndex.build(x, params=params)
         build = time.perf_counter() - start
         size = index_bytes(index)
         print(f"{kind} ({index.factory}) built in {build:.1f}s", flush=True)
         for value in values:
             index.set_search_params(**{setting: value})
             found, qps = timed_search(index, q, args.k)
-            rows.append((f"{kind} {index.factory}", f"{setting}={value}", build, size, qps, recall_at_k(found, exact)))
+            label = f"{setting}={value}" + (f", rerank={params.rerank}" if params.rerank else "")
+            rows.append((f"{kind} {index.factory}", label, build, size, qps, recall_at_k(found, exact)))
 
     out = io.StringIO()
     out.write(f"| index | search setting | build s | size MB | queries/s | speed vs exact | recall@{args.k} |\n")
@@ -135,8 +143,9 @@ def main() -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        for prefix, marker in (("flat", "s"), ("hnsw", "o"), ("ivfpq", "^")):
-            pts = [(r[5], r[4]) for r in rows if r[0].startswith(prefix)]
+        for prefix, marker in (("flat", "s"), ("hnsw", "o"), ("ivfpq", "^"), ("ivfpq-rerank", "v")):
+            rerank = prefix.endswith("rerank")
+            pts = [(r[5], r[4]) for r in rows if r[0].startswith(prefix.split("-")[0]) and ("RFlat" in r[0]) == rerank]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=prefix)
         ax.set_xlabel(f"recall@{args.k} vs exact")
         ax.set_ylabel("queries / s (log)")

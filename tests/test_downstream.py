@@ -272,12 +272,12 @@ def test_icl_evaluator_rejects_gold_outside_options(tiny_lm):
 @pytest.mark.parametrize(
     ("task", "retrievers", "use_corpus", "expected"),
     [
-        ("qa", ["none", "bm25", "default"], False, {"contains_answer", "exact_match", "answer_logprob", "ndcg@10"}),
+        ("qa", ["none", "bm25"], False, {"contains_answer", "exact_match", "answer_logprob", "ndcg@10"}),
         ("chat", ["none", "recency", "random", "default"], False, {"perplexity"}),
         ("lrlm", ["none", "recency", "bm25"], False, {"perplexity"}),
         ("icl", ["none", "bm25", "default"], False, {"accuracy", "accuracy_macro"}),
         ("tool", ["random", "bm25"], True, {"ndcg@5", "recall@5", "mrr@5"}),
-        ("convsearch", ["bm25", "default"], False, {"ndcg@3"}),
+        ("convsearch", ["bm25", "random"], False, {"ndcg@3"}),
     ],
 )
 def test_scenarios_on_dev_data_give_finite_metrics(data_dir, tiny_lm, embedder, task, retrievers, use_corpus, expected):

@@ -126,7 +126,7 @@ def test_flat_index_is_exact_and_round_trips(tmp_path):
         index.search(unit_vectors(1, 8), 3)
 
 
-@pytest.mark.parametrize("index_type", ["hnsw", "ivfpq", "IVF32,Flat"])
+@pytest.mark.parametrize("index_type", ["hnsw", "ivfpq", "ivfpq-rerank", "IVF32,Flat"])
 def test_approximate_indexes_find_most_true_neighbours(tmp_path, index_type):
     # clustered data, like real embeddings: approximate search must agree with exact search on most neighbours
     centers = unit_vectors(50, 32, seed=5)
@@ -135,10 +135,13 @@ def test_approximate_indexes_find_most_true_neighbours(tmp_path, index_type):
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     q = x[:50] + 0.05 * unit_vectors(50, 32, seed=8)
     exact = DenseIndex.build(x).search(q, 10).ids
-    params = IndexParams(index_type=index_type, nlist=32, pq_m=4, nprobe=8, hnsw_m=16, ef_construction=64)
+    rerank = 4 if index_type == "ivfpq-rerank" else 0
+    kind = "ivfpq" if rerank else index_type
+    params = IndexParams(kind, nlist=32, pq_m=4, nprobe=8, hnsw_m=16, ef_construction=64, rerank=rerank)
     approx = DenseIndex.build(x, params=params)
     approx.save(tmp_path / index_type)
     loaded = DenseIndex.load(tmp_path / index_type)
+    assert loaded._mmapped and loaded.factory.endswith(",RFlat") == bool(rerank)
     found = loaded.search(q, 10)
     got = found.ids
     # scores are inner products for every index type (ivfpq searches by L2 and converts), up to PQ error
@@ -146,10 +149,18 @@ def test_approximate_indexes_find_most_true_neighbours(tmp_path, index_type):
     assert np.allclose(found.scores, true_scores, atol=0.1 if index_type == "ivfpq" else 1e-4)
     if index_type == "ivfpq":  # compressed codes: the true nearest neighbour must be among the 10 found
         recall = np.mean([e[0] in g for g, e in zip(got, exact, strict=True)])
-    else:
+    else:  # exact vectors (re-ranking included): most of the true top 10
         recall = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact, strict=True)])
     assert recall > 0.8, recall
     assert (got == approx.search(q, 10).ids).all()
+    if rerank:
+        loaded.set_search_params(rerank=1)  # no re-ranking depth: back to PQ-only quality
+        assert (
+            np.mean([len(set(g) & set(e)) / 10 for g, e in zip(loaded.search(q, 10).ids, exact, strict=True)]) < recall
+        )
+    else:
+        with pytest.raises(UserError, match="no exact vectors"):
+            loaded.set_search_params(rerank=2)
 
 
 def test_index_errors_are_one_line(tmp_path):

@@ -135,6 +135,16 @@ def test_loss_resolution_from_the_task_table():
     with pytest.raises(UserError, match="unknown loss"):
         resolve_training_spec(tool, task="tool", loss_overrides={"tool": "magic"})
 
+    from llm_embedder.training.losses import ContrastiveLoss
+
+    class MyLoss(ContrastiveLoss):  # the escape hatch: a class (or a callable) instead of a name
+        pass
+
+    assert isinstance(build_task_loss(tool, override=MyLoss), MyLoss)
+    assert isinstance(build_task_loss(tool, override=lambda spec, tau: MyLoss(temperature=tau)), MyLoss)
+    config = TrainConfig.from_dict({"output": "x", "data": {"tool": "t.jsonl"}, "loss_overrides": {"tool": MyLoss}})
+    assert config.to_json()["loss_overrides"]["tool"].endswith("MyLoss")
+
 
 def test_recipe_file_and_cli_overrides(workspace, tmp_path):
     root, model, files = workspace

@@ -36,10 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard-size", type=int, default=50_000, help="rows per saved embedding shard (resume unit)")
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree")
     parser.add_argument("--ef-construction", type=int, default=100, help="HNSW build beam width")
-    parser.add_argument("--ef-search", type=int, default=128, help="HNSW search beam width (saved as default)")
+    parser.add_argument("--ef-search", type=int, default=64, help="HNSW search beam width (saved as default)")
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4*sqrt(rows))")
     parser.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantisers (must divide the dimension)")
-    parser.add_argument("--nprobe", type=int, default=32, help="IVF lists probed per query (saved as default)")
+    parser.add_argument("--nprobe", type=int, default=16, help="IVF lists probed per query (saved as default)")
+    parser.add_argument(
+        "--rerank",
+        type=int,
+        default=0,
+        metavar="F",
+        help="ivfpq: re-rank the best F*k candidates with exact (memory-mapped) vectors; 0 = off (default)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_encoder_arguments(parser)
     add_tasks_file_argument(parser)
@@ -63,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         nlist=args.nlist,
         pq_m=args.pq_m,
         nprobe=args.nprobe,
+        rerank=args.rerank,
     )
     embedder = None
     if dense:

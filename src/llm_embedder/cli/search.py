@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--corpus", default=None, help="corpus file, if it moved since the index was built")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW beam width (recall vs speed)")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (recall vs speed)")
+    parser.add_argument("--rerank", type=int, default=None, help="IVF-PQ re-rank factor (index built with --rerank)")
     parser.add_argument("--no-mmap", action="store_true", help="read the index into memory instead of mapping it")
     add_tasks_file_argument(parser)
     parser.set_defaults(func=run)
@@ -76,7 +77,7 @@ def open_retriever(args: argparse.Namespace, manifest: dict[str, Any]) -> Retrie
         from llm_embedder.retrieval.index import DenseIndex
 
         index = DenseIndex.load(args.index, mmap=not args.no_mmap)
-        index.set_search_params(ef_search=args.ef_search, nprobe=args.nprobe)
+        index.set_search_params(ef_search=args.ef_search, nprobe=args.nprobe, rerank=args.rerank)
         embedder = embedder_from_manifest(manifest, model=args.model, device=args.device, batch_size=args.batch_size)
         parts.append(DenseRetriever(embedder, manifest["encoder"]["task"], index=index))
     if kind in ("bm25", "hybrid"):

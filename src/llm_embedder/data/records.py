@@ -49,6 +49,8 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
     #: where the record came from ("file:line"), for error messages; not written out
     source: str | None = field(default=None, compare=False, repr=False)
+    #: the source had no pos/neg fields (chat records): do not invent empty ones when writing back
+    omit_empty_pos_neg: bool = field(default=False, compare=False, repr=False)
 
     @property
     def uses_history(self) -> bool:
@@ -71,7 +73,7 @@ class Record:
         out: dict[str, Any] = {}
         for name in _KNOWN:
             value = getattr(self, name)
-            if value is None:
+            if value is None or (self.omit_empty_pos_neg and name in ("pos", "neg") and not value):
                 continue
             out[name] = value
         out.update(self.extra)
@@ -155,6 +157,7 @@ class Record:
             query_id=query_id,
             extra={k: v for k, v in obj.items() if k not in _KNOWN},
             source=f"{path}:{lineno}" if lineno is not None else path,
+            omit_empty_pos_neg="pos" not in obj and "neg" not in obj,
         )
         scores = obj.get("teacher_scores")
         if scores is not None:

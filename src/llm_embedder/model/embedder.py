@@ -88,7 +88,8 @@ class LLMEmbedder:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
         dtype: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` weights for the torch backend.
         backend: ``"torch"``; ``"onnx"`` / ``"onnx-int8"`` for the fast CPU path (ONNX Runtime, exported from
-            the same weights once and cached beside them).
+            the same weights once and cached in the user cache folder; see ``llm_embedder.model.onnx_backend``).
+            ``devices`` (multi-process) applies to the torch backend only.
         query_max_length / key_max_length: token budgets per side (default: the model's max sequence length).
         batch_size: texts per forward pass.
         use_instructions: prepend the task instructions (on by default; off for the "w/o instruction" ablation).
@@ -235,7 +236,8 @@ class LLMEmbedder:
         """Embed ``texts`` as ``side`` of ``task``: float32 ``(n, dim)``, L2-normalised, input order kept.
 
         Batches are cut from length-sorted inputs (little padding). ``devices`` (e.g. ``["cuda:0", "cuda:1"]`` or
-        ``["cpu"] * 4``) spreads a large input over several processes; the output order is preserved.
+        ``["cpu"] * 4``) spreads a large input over several processes (torch backend); the output order is
+        preserved. A progress bar is shown from :data:`PROGRESS_THRESHOLD` texts on unless told otherwise.
         """
         if isinstance(texts, str):
             texts = [texts]

@@ -180,8 +180,9 @@ class OnnxEncoder:
     def from_embedder(cls, embedder: Any, *, quantize: bool = False, threads: int | None = None) -> OnnxEncoder:
         """Export (once, cached) the transformer of ``embedder.model`` and open it in ONNX Runtime.
 
-        ``quantize=True`` gives int8 weights (dynamic quantisation, per output channel), about 3x less CPU time
-        than fp32 torch at a cosine of ~0.99 to the fp32 vectors.
+        ``quantize=True`` gives int8 weights (dynamic quantisation, per output channel): about 3x less CPU time
+        than fp32 torch at a cosine of >= 0.986 to the fp32 vectors (benchmarks/README.md, section encode).
+        Activation scales are chosen per batch, so an int8 vector depends slightly on its batch-mates.
         """
         return cls.from_sentence_transformer(embedder.model, embedder.path, quantize=quantize, threads=threads)
 

@@ -385,11 +385,15 @@ class IndexParams:
     #: HNSW: graph degree, build-time and search-time beam widths
     hnsw_m: int = 32
     ef_construction: int = 100
-    ef_search: int = 128
+    ef_search: int = 64
     #: IVF-PQ: number of inverted lists (default ~4*sqrt(n)), PQ sub-quantisers (default dim/8), lists probed
     nlist: int | None = None
     pq_m: int | None = None
-    nprobe: int = 32
+    nprobe: int = 16
+    #: IVF-PQ: re-rank the best ``rerank * k`` PQ candidates with the exact vectors (0 = off). The exact vectors
+    #: are kept in the index file and memory-mapped, so RAM holds only the PQ codes while recall returns to ~1
+    #: (benchmarks/README.md); the file is then as large as a flat index
+    rerank: int = 0
     #: vectors used to train IVF-PQ (default: 50 per list, at least 10k, at most 256k)
     train_size: int | None = None
     seed: int = 0
@@ -420,7 +424,7 @@ class IndexParams:
                 raise UserError(f"--pq-m {pq_m} must divide the vector dimension {dim}")
             # "np": no polysemous training - it only serves Hamming pre-filtering, which we never use, and
             # takes ~10x longer than training the quantiser itself
-            return f"IVF{nlist},PQ{pq_m}x8np"
+            return f"IVF{nlist},PQ{pq_m}x8np" + (",RFlat" if self.rerank > 0 else "")
         return kind  # a faiss factory string (escape hatch)
 
     def training_size(self, nlist: int) -> int:
@@ -442,8 +446,11 @@ def _faiss() -> Any:
 
 
 def _mmap_flag(faiss: Any, factory: str) -> int:
-    # Measured with faiss 1.15: flat codes (Flat, HNSW storage) are mapped with IO_FLAG_MMAP_IFC, inverted lists
-    # (IVF*) with IO_FLAG_MMAP; the other flag loads them into memory.
+    # Measured with faiss 1.15: flat codes (Flat, HNSW storage, the exact vectors of RFlat re-ranking) are mapped
+    # with IO_FLAG_MMAP_IFC, inverted lists (IVF*) with IO_FLAG_MMAP; the two flags cannot be combined, so an
+    # IVF-PQ index with re-ranking maps its (large) exact vectors and reads its (small) PQ codes into memory.
+    if "RFLAT" in factory.upper():
+        return faiss.IO_FLAG_MMAP_IFC
     return faiss.IO_FLAG_MMAP if "IVF" in factory.upper() else faiss.IO_FLAG_MMAP_IFC
 
 
@@ -593,13 +600,21 @@ class DenseIndex:
             space.set_index_parameter(self.index, "efSearch", int(self.params.ef_search))
         if "IVF" in self.factory:
             space.set_index_parameter(self.index, "nprobe", int(self.params.nprobe))
+        if "RFlat" in self.factory and self.params.rerank > 0:
+            space.set_index_parameter(self.index, "k_factor_rf", int(self.params.rerank))
 
-    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
-        """Trade speed for recall at query time (HNSW ``ef_search``, IVF ``nprobe``)."""
+    def set_search_params(
+        self, *, ef_search: int | None = None, nprobe: int | None = None, rerank: int | None = None
+    ) -> None:
+        """Trade speed for recall at query time (HNSW ``ef_search``, IVF ``nprobe``, IVF-PQ ``rerank`` factor)."""
         if ef_search is not None:
             self.params.ef_search = int(ef_search)
         if nprobe is not None:
             self.params.nprobe = int(nprobe)
+        if rerank is not None:
+            if "RFlat" not in self.factory:
+                raise UserError("this index keeps no exact vectors to re-rank with", hint="build it with --rerank F")
+            self.params.rerank = int(rerank)
         self._apply_search_params()
 
     # -------------------------------------------------------------- searching

@@ -208,6 +208,10 @@ class TrainConfig:
                 out[key] = value
         return out
 
+    def to_json(self) -> dict[str, Any]:
+        """:meth:`to_dict` with Python objects (a loss class passed as an override) written as their dotted names."""
+        return json.loads(json.dumps(self.to_dict(), default=_dotted_name))
+
     # ------------------------------------------------------------------ checking
     def validate(self) -> None:
         """One-line errors for values that cannot work, before anything heavy is loaded."""
@@ -291,6 +295,10 @@ def parse_datasets(value: Any, *, base_dir: str | Path | None = None, source: st
             if not path.is_absolute():
                 ds.path = str(Path(base_dir) / path)
     return items
+
+
+def _dotted_name(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
 
 def _build(klass: type, data: Mapping[str, Any], where: str) -> Any:

@@ -318,7 +318,7 @@ def train(
     # 3. train
     if _is_main_process():
         checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        write_json(checkpoints_dir / CONFIG_FILE, config.to_dict())
+        write_json(checkpoints_dir / CONFIG_FILE, config.to_json())
     trainer = LLMEmbedderTrainer(
         model=embedder.model,
         args=args,
@@ -338,7 +338,7 @@ def train(
         summary = _summary(config, sets, sampler, task_losses, trainer, result, runtime, world_size, embedder)
         embedder.model.eval()
         embedder.save(out, model_card=render_model_card(summary))
-        write_json(out / CONFIG_FILE, config.to_dict())
+        write_json(out / CONFIG_FILE, config.to_json())
         write_json(out / SUMMARY_FILE, summary)
         if not config.training.keep_checkpoints:
             shutil.rmtree(checkpoints_dir, ignore_errors=True)
@@ -365,7 +365,7 @@ def _summary(
         "base_model": config.model.model or "sentence-transformers/all-MiniLM-L6-v2 (bundled)",
         "world_size": world_size,
         "global_batch_size": sampler.global_batch_size,
-        "config": config.to_dict(),
+        "config": config.to_json(),
         "datasets": [
             {
                 "name": ts.name,
