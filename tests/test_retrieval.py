@@ -135,7 +135,7 @@ def test_approximate_indexes_find_most_true_neighbours(tmp_path, index_type):
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     q = x[:50] + 0.05 * unit_vectors(50, 32, seed=8)
     exact = DenseIndex.build(x).search(q, 10).ids
-    rerank = 4 if index_type == "ivfpq-rerank" else 0
+    rerank = 16 if index_type == "ivfpq-rerank" else 0  # 4-byte codes here: re-rank deeply
     kind = "ivfpq" if rerank else index_type
     params = IndexParams(kind, nlist=32, pq_m=4, nprobe=8, hnsw_m=16, ef_construction=64, rerank=rerank)
     approx = DenseIndex.build(x, params=params)
