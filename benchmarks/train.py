@@ -11,9 +11,9 @@ Each run is a fresh subprocess (clean memory accounting); runs alternate ours / 
 hits both. Per run: median wall seconds per step after a warm-up step, CPU seconds per step (process time, all
 threads: less sensitive to other jobs), and peak RSS during training above the RSS when training starts (model and
 data loaded; sampled every 5 ms).
-The largest batch that fits in 8 GB is extrapolated from the memory measured at two batch sizes (linear in the
-batch: GradCache keeps activations per mini-batch, so what grows is embeddings, inputs and the score matrix, whose
-quadratic term stays negligible below ~10k queries; see the README section).
+The largest batch that fits in 8 GB is extrapolated: GradCache keeps activations per mini-batch, so what grows with
+the batch B is linear (inputs, embeddings, their cached gradients: measured from the peaks at two batch sizes) plus
+the B x B*G score matrix of the loss (quadratic: measured on random embeddings at two sizes).
 
     .venv/bin/python benchmarks/train.py                          # batches 16 and 32, group 4, length 128, 6 steps
     .venv/bin/python benchmarks/train.py --batch-sizes 8 --steps 4 --repeats 1
@@ -185,6 +185,36 @@ def run_baseline(args: argparse.Namespace, workdir: Path) -> dict:
     return {"wall": timer.wall, "cpu": timer.cpu, "rss_start": memory.start, "rss_peak": memory.peak}
 
 
+def loss_bytes_per_score_element(group: int, dim: int = 384) -> float:
+    """Peak memory of the qa loss (0.2 InfoNCE + stabilized distillation) and its backward, per score element.
+
+    Measured on random embeddings at two batch sizes, so the (quadratic) score-matrix term can be extrapolated.
+    """
+    import torch
+
+    from llm_embedder.tasks.registry import get_task
+    from llm_embedder.training.task_losses import build_task_loss
+
+    loss = build_task_loss(get_task("qa").training)
+    peaks = {}
+    for batch in (256, 1024):
+        queries = torch.randn(batch, dim, requires_grad=True)
+        keys = torch.randn(batch * group, dim, requires_grad=True)
+        teacher = torch.randn(batch, group)
+        with PeakRSS(interval=0.001) as memory:
+            loss.calculate_loss([[queries], [keys]], teacher).backward()
+        peaks[batch] = memory.peak - memory.start
+    return (peaks[1024] - peaks[256]) / ((1024**2 - 256**2) * group)
+
+
+def largest_batch(budget_mb: float, per_query_mb: float, score_mb_per_query2: float) -> int:
+    """Largest B with per_query * B + score * B^2 <= budget."""
+    a, b = score_mb_per_query2, per_query_mb
+    if budget_mb <= 0:
+        return 0
+    return int((-b + (b * b + 4 * a * budget_mb) ** 0.5) / (2 * a)) if a > 0 else int(budget_mb / max(b, 1e-9))
+
+
 def worker(args: argparse.Namespace) -> None:
     import tempfile
 
@@ -261,14 +291,19 @@ def main() -> None:
               f"{o_cpu / b_cpu:6.2f} | {o_mb:8.0f} | {b_mb:8.0f}")
     if len(summary) >= 2:
         low, high = summary[0], summary[-1]
-        per_query = (high["ours_peak_mb"] - low["ours_peak_mb"]) / (high["batch"] - low["batch"])
-        base_mb = low["ours_peak_mb"] - per_query * low["batch"]
+        per_query = max(0.0, (high["ours_peak_mb"] - low["ours_peak_mb"]) / (high["batch"] - low["batch"]))
+        fixed = low["ours_peak_mb"] - per_query * low["batch"]
         start = statistics.median(r["rss_start_mb"] for r in results["ours"])
-        budget = 8 * 1024 - start - base_mb
-        estimate = int(budget / per_query) if per_query > 0 else None
-        print(f"\nours: {per_query:.2f} MB per query in the batch (+{base_mb:.0f} MB fixed, {start:.0f} MB before "
-              f"training) -> largest batch in 8 GB ~ {estimate} queries (group {args.group}, length {args.max_length})")
-        summary.append({"mb_per_query": per_query, "fixed_mb": base_mb, "rss_before_mb": start, "max_batch_8gb": estimate})
+        score_bytes = loss_bytes_per_score_element(args.group)
+        estimate = largest_batch(8 * 1024 - start - fixed, per_query, score_bytes * args.group / 2**20)
+        print(
+            f"\nours: {per_query:.2f} MB per query (linear part, measured), {score_bytes:.0f} bytes per element of the "
+            f"B x B*G score matrix (loss + backward, measured), {fixed:.0f} MB fixed, {start:.0f} MB before training\n"
+            f"-> largest batch in 8 GB ~ {estimate} queries per process (group {args.group}, length {args.max_length}, "
+            f"GradCache chunk {args.chunk})"
+        )
+        summary.append({"mb_per_query": per_query, "score_bytes_per_element": score_bytes, "fixed_mb": fixed,
+                        "rss_before_mb": start, "max_batch_8gb": estimate})
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": results, "summary": summary}, indent=2))
 

@@ -226,8 +226,9 @@ def test_gradient_cache_equals_plain_backward(tiny_model, build):
 
 def test_length_sorted_columns_give_the_same_loss(tiny_model):
     """The collator sorts each column by length (cheap gradient-cache chunks); the loss restores group order."""
-    from llm_embedder.training.collator import GroupCollator
     from train_helpers import make_records
+
+    from llm_embedder.training.collator import GroupCollator
 
     rows = make_records(5, seed=12, candidates=3)
     for i, row in enumerate(rows):  # very different lengths, so sorting really permutes

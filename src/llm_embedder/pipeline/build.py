@@ -17,13 +17,33 @@ from llm_embedder.errors import UserError
 from llm_embedder.pipeline.config import PipelineConfig, TaskData
 
 
-def subsample_file(src: Path, dst: Path, *, task: str, limit: int | None, seed: int) -> int:
+def cap_candidates(obj: dict[str, Any], max_candidates: int) -> dict[str, Any]:
+    """Keep the positives and the first negatives, ``max_candidates`` in all (indices and scores cut alike)."""
+    pos, neg = obj.get("pos") or [], obj.get("neg") or []
+    if len(pos) + len(neg) <= max_candidates:
+        return obj
+    n_pos = min(len(pos), max_candidates)
+    n_neg = max_candidates - n_pos
+    out = dict(obj, pos=pos[:n_pos], neg=neg[:n_neg])
+    if obj.get("pos_index") is not None:
+        out["pos_index"] = obj["pos_index"][:n_pos]
+    if obj.get("neg_index") is not None:
+        out["neg_index"] = obj["neg_index"][:n_neg]
+    if obj.get("teacher_scores") is not None:
+        scores = obj["teacher_scores"]
+        out["teacher_scores"] = scores[:n_pos] + scores[len(pos) : len(pos) + n_neg]
+    return out
+
+
+def subsample_file(
+    src: Path, dst: Path, *, task: str, limit: int | None, seed: int, max_candidates: int | None = None
+) -> int:
     """Validate every record of ``src`` and write ``limit`` of them (seeded, original order kept) to ``dst``."""
     rows: list[dict[str, Any]] = []
     for lineno, obj in iter_jsonl(src):
         Record.from_dict(obj, path=str(src), lineno=lineno, task=task)
         obj.setdefault("task", task)
-        rows.append(obj)
+        rows.append(cap_candidates(obj, max_candidates) if max_candidates else obj)
     if limit is not None and limit < len(rows):
         keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
         rows = [rows[i] for i in keep]
@@ -78,7 +98,14 @@ def build_task(config: PipelineConfig, task: str, data: TaskData) -> dict[str, A
         src = config.resolve(getattr(data, split))
         if src is None:
             raise UserError(f"task {task}: no {split} file given in the recipe")
-        result[split] = subsample_file(src, out / f"{split}.jsonl", task=task, limit=limit, seed=config.seed)
+        result[split] = subsample_file(
+            src,
+            out / f"{split}.jsonl",
+            task=task,
+            limit=limit,
+            seed=config.seed,
+            max_candidates=data.max_candidates if split == "train" else None,
+        )
     corpus = config.resolve(data.corpus)
     result["corpus"] = str(corpus.resolve()) if corpus is not None else None
     return result

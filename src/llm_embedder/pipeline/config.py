@@ -29,6 +29,9 @@ class TaskData:
     source: str | None = None
     limit_train: int | None = None
     limit_dev: int | None = None
+    #: keep at most this many pos+neg candidates per TRAIN record (positives first): the LLM scores every
+    #: candidate, so this bounds the scoring cost; history candidates (chat) and dev records are never cut
+    max_candidates: int | None = None
     #: extra options for the generator (e.g. chunk_tokens for lrlm)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -39,7 +42,8 @@ class ScoreConfig:
     max_batch_size: int = 64
     max_key_tokens: int = 512
     dtype: str = "fp32"
-    #: also score the dev records of reward tasks, so chat/lrlm/icl get retrieval metrics (relevant = best reward)
+    #: also score the dev records of reward tasks that have no labelled positives (chat, lrlm, icl), so they get
+    #: retrieval metrics (relevant = the candidate the LLM rewards most)
     score_dev: bool = True
 
 

@@ -47,10 +47,13 @@ class Pipeline:
         return scored if scored.is_file() else self.root / "data" / task / f"{split}.jsonl"
 
     def needs_scores(self, task: str, split: str) -> bool:
+        """Train records when the task's loss uses teacher scores; dev records when they lack labelled positives."""
         spec = TASKS.get(task)
         if spec.reward.kind == "none":
             return False
-        return split == "train" or self.config.score.score_dev
+        if split == "train":
+            return spec.training.needs_teacher_scores
+        return self.config.score.score_dev and not _has_positives(self.root / "data" / task / f"{split}.jsonl")
 
     # ------------------------------------------------------------------ stages
     def build(self) -> dict[str, Any]:
@@ -163,6 +166,12 @@ class Pipeline:
             summary = write_summary(self.config, results, self.tracker.seconds(), self.root)
         self.log(f"pipeline finished in {time.perf_counter() - started:.1f}s; outputs in {self.root}")
         return summary
+
+
+def _has_positives(path: Path) -> bool:
+    from llm_embedder.data.jsonl import iter_jsonl
+
+    return any(obj.get("pos") for _, obj in iter_jsonl(path, allow_empty=True))
 
 
 def _file_stamp(path: Path) -> list[Any]:

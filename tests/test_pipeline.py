@@ -1,0 +1,68 @@
+"""The end-to-end pipeline on a tiny recipe: stages run, write their outputs, and are skipped when rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_embedder.cli.main import main
+from llm_embedder.pipeline.config import load_config
+from llm_embedder.pipeline.runner import Pipeline
+
+
+def _recipe(tmp_path: Path, data_dir: Path, **extra) -> Path:
+    toy = data_dir / "toy" / "tool.jsonl"
+    recipe = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "run"),
+        "tasks": {"tool": {"train": str(toy), "dev": str(toy)}},
+        "train": {"steps": 2, "batch_size": 4, "group_size": 2, "query_max_length": 32, "key_max_length": 32},
+        "eval": {"retrievers": ["bm25"], "downstream": False},
+        **extra,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_pipeline_runs_and_resumes(tmp_path, data_dir):
+    recipe = _recipe(tmp_path, data_dir)
+    logs: list[str] = []
+    summary = Pipeline(load_config(recipe), log=logs.append).run()
+    run = tmp_path / "run"
+    for name in ("summary.md", "summary.json", "summary.png", "models/full/llm_embedder.json", "eval/tool.json"):
+        assert (run / name).is_file(), name
+    assert {"bm25", "base", "full"} <= set(summary["results"]["tool"]["results"])
+    assert any(line.startswith("[run]  train-full") for line in logs)
+    # a second run with the same recipe skips every stage
+    logs.clear()
+    Pipeline(load_config(recipe), log=logs.append).run()
+    assert [line for line in logs if line.startswith("[run]")] == []
+    assert json.loads((run / "summary.json").read_text())["columns"]
+
+
+def test_recipe_errors_are_one_line(tmp_path, data_dir, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: {tool: {train: x.jsonl, dev: x.jsonl}}\ntrain: {stepz: 3}\n", encoding="utf-8")
+    assert main(["pipeline", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key(s) stepz" in err
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("tasks: {nope: {train: x.jsonl, dev: x.jsonl}}\n", encoding="utf-8")
+    assert main(["pipeline", str(unknown)]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_demo_recipe_is_valid():
+    from importlib import resources
+
+    with resources.as_file(resources.files("llm_embedder.pipeline").joinpath("demo.yaml")) as path:
+        config = load_config(path)
+    assert set(config.tasks) == {"tool", "lrlm"} and "full" in config.variants
+    repro = load_config(Path(__file__).resolve().parents[1] / "recipes" / "reproduce.yaml")
+    assert set(repro.tasks) == {"qa", "convsearch", "chat", "lrlm", "icl", "tool"}
+    assert {"full", "no_llm_reward", "no_instructions", "no_homogeneous", "kl_not_stabilized"} <= set(repro.variants)
