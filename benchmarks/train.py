@@ -228,8 +228,20 @@ def worker(args: argparse.Namespace) -> None:
 
 def launch(kind: str, batch: int, args: argparse.Namespace) -> dict:
     command = [
-        sys.executable, __file__, "--worker", kind, "--batch", str(batch), "--group", str(args.group),
-        "--max-length", str(args.max_length), "--chunk", str(args.chunk), "--steps", str(args.steps),
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--batch",
+        str(batch),
+        "--group",
+        str(args.group),
+        "--max-length",
+        str(args.max_length),
+        "--chunk",
+        str(args.chunk),
+        "--steps",
+        str(args.steps),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -269,12 +281,17 @@ def main() -> None:
             for kind in ("ours", "baseline"):
                 results[kind].append(launch(kind, batch, args))
                 r = results[kind][-1]
-                print(f"  {kind:8s} batch {batch:4d}: {r['wall_s_per_step']:.2f} s/step wall, "
-                      f"{r['cpu_s_per_step']:.2f} s/step cpu, peak +{r['peak_mb']:.0f} MB", flush=True)
+                print(
+                    f"  {kind:8s} batch {batch:4d}: {r['wall_s_per_step']:.2f} s/step wall, "
+                    f"{r['cpu_s_per_step']:.2f} s/step cpu, peak +{r['peak_mb']:.0f} MB",
+                    flush=True,
+                )
 
     print(f"\ngroup {args.group}, max length {args.max_length}, GradCache chunk {args.chunk}, {args.steps} steps, CPU")
-    print(f"{'batch':>5} | {'ours q/s':>9} | {'ST q/s':>9} | {'ratio':>6} | {'ours q/cpu-s':>12} | {'ST q/cpu-s':>10} | "
-          f"{'ratio':>6} | {'ours MB':>8} | {'ST MB':>8}")
+    print(
+        f"{'batch':>5} | {'ours q/s':>9} | {'ST q/s':>9} | {'ratio':>6} | {'ours q/cpu-s':>12} | {'ST q/cpu-s':>10} | "
+        f"{'ratio':>6} | {'ours MB':>8} | {'ST MB':>8}"
+    )
     summary = []
     for batch in sorted({r["batch"] for r in results["ours"]}):
         ours = [r for r in results["ours"] if r["batch"] == batch]
@@ -285,10 +302,21 @@ def main() -> None:
         b_cpu = batch / statistics.median(r["cpu_s_per_step"] for r in base)
         o_mb = max(r["peak_mb"] for r in ours)
         b_mb = max(r["peak_mb"] for r in base)
-        summary.append({"batch": batch, "ours_qps": o_qps, "baseline_qps": b_qps, "ours_q_per_cpu_s": o_cpu,
-                        "baseline_q_per_cpu_s": b_cpu, "ours_peak_mb": o_mb, "baseline_peak_mb": b_mb})
-        print(f"{batch:5d} | {o_qps:9.2f} | {b_qps:9.2f} | {o_qps / b_qps:6.2f} | {o_cpu:12.2f} | {b_cpu:10.2f} | "
-              f"{o_cpu / b_cpu:6.2f} | {o_mb:8.0f} | {b_mb:8.0f}")
+        summary.append(
+            {
+                "batch": batch,
+                "ours_qps": o_qps,
+                "baseline_qps": b_qps,
+                "ours_q_per_cpu_s": o_cpu,
+                "baseline_q_per_cpu_s": b_cpu,
+                "ours_peak_mb": o_mb,
+                "baseline_peak_mb": b_mb,
+            }
+        )
+        print(
+            f"{batch:5d} | {o_qps:9.2f} | {b_qps:9.2f} | {o_qps / b_qps:6.2f} | {o_cpu:12.2f} | {b_cpu:10.2f} | "
+            f"{o_cpu / b_cpu:6.2f} | {o_mb:8.0f} | {b_mb:8.0f}"
+        )
     if len(summary) >= 2:
         low, high = summary[0], summary[-1]
         per_query = max(0.0, (high["ours_peak_mb"] - low["ours_peak_mb"]) / (high["batch"] - low["batch"]))
@@ -302,8 +330,15 @@ def main() -> None:
             f"-> largest batch in 8 GB ~ {estimate} queries per process (group {args.group}, length {args.max_length}, "
             f"GradCache chunk {args.chunk})"
         )
-        summary.append({"mb_per_query": per_query, "score_bytes_per_element": score_bytes, "fixed_mb": fixed,
-                        "rss_before_mb": start, "max_batch_8gb": estimate})
+        summary.append(
+            {
+                "mb_per_query": per_query,
+                "score_bytes_per_element": score_bytes,
+                "fixed_mb": fixed,
+                "rss_before_mb": start,
+                "max_batch_8gb": estimate,
+            }
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": results, "summary": summary}, indent=2))
 

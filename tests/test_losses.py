@@ -141,7 +141,11 @@ def test_kl_is_zero_when_student_matches_teacher():
 
 def test_weighted_and_multitask_compose():
     queries, keys, teacher = random_step(n=6, group=4, seed=6)
-    c, s, k = ContrastiveLoss(temperature=TAU), StabilizedDistillationLoss(temperature=TAU), KLDistillationLoss(temperature=TAU)
+    c, s, k = (
+        ContrastiveLoss(temperature=TAU),
+        StabilizedDistillationLoss(temperature=TAU),
+        KLDistillationLoss(temperature=TAU),
+    )
     weighted_loss = WeightedLoss(parts=[(0.2, c), (1.0, s)])
     value = weighted_loss.calculate_loss([[queries], [keys]], teacher)
     expected = 0.2 * loop_contrastive(queries, keys, teacher, 4) + loop_stabilized(queries, keys, teacher, 4)
@@ -191,7 +195,9 @@ def _loss_and_grads(loss, model, features, labels):
     model.zero_grad()
     value = loss([dict(f) for f in features], labels)
     value.backward()
-    return float(value.detach()), {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    return float(value.detach()), {
+        name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None
+    }
 
 
 @pytest.mark.parametrize(
@@ -235,15 +241,26 @@ def test_length_sorted_columns_give_the_same_loss(tiny_model):
         row["query"] += " omega" * (7 * i)
         row["neg"][0] += " delta" * (11 * (4 - i))
     items = [
-        {"dataset": "qa", "task": "qa", "query": r["query"], "keys": r["pos"] + r["neg"], "teacher_scores": r["teacher_scores"], "id": str(i)}
+        {
+            "dataset": "qa",
+            "task": "qa",
+            "query": r["query"],
+            "keys": r["pos"] + r["neg"],
+            "teacher_scores": r["teacher_scores"],
+            "id": str(i),
+        }
         for i, r in enumerate(rows)
     ]
     collator = GroupCollator(
-        tiny_model.preprocess, instruction=lambda task, side: f"{side}: ", task_names=["qa"], query_max_length=64, key_max_length=64
+        tiny_model.preprocess,
+        instruction=lambda task, side: f"{side}: ",
+        task_names=["qa"],
+        query_max_length=64,
+        key_max_length=64,
     )
     batch = collator(items)
     assert not torch.equal(batch["label"]["key_order"], torch.arange(15))
-    features = [{k[len(p):]: v for k, v in batch.items() if k.startswith(p)} for p in ("query_", "key_")]
+    features = [{k[len(p) :]: v for k, v in batch.items() if k.startswith(p)} for p in ("query_", "key_")]
     loss = StabilizedDistillationLoss(tiny_model, mini_batch_size=4)
     tiny_model.eval()
     with torch.no_grad():

@@ -34,7 +34,10 @@ def test_first_positive_and_scores_follow_keys():
 
 
 def test_random_positive_draws_among_positives():
-    seen = {GroupSampler(2, positive="random").sample(candidates(pos=3), np.random.default_rng(s)).keys[0] for s in range(40)}
+    seen = {
+        GroupSampler(2, positive="random").sample(candidates(pos=3), np.random.default_rng(s)).keys[0]
+        for s in range(40)
+    }
     assert seen == {"p0", "p1", "p2"}
 
 
@@ -50,7 +53,9 @@ def test_teacher_positive_is_removed_from_negatives_and_history_is_the_candidate
 
 
 def test_no_pos_falls_back_to_highest_score():
-    group = GroupSampler(3, positive="first").sample(candidates(pos=0, neg=4, scores=[0, 5, 1, 2]), np.random.default_rng(0))
+    group = GroupSampler(3, positive="first").sample(
+        candidates(pos=0, neg=4, scores=[0, 5, 1, 2]), np.random.default_rng(0)
+    )
     assert group.keys[0] == "n1"
 
 

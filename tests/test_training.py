@@ -96,7 +96,14 @@ def test_train_writes_a_loadable_model_with_instructions_and_card(workspace, tmp
     assert st.prompts["chat_key"] == TASKS.get("chat").key_instruction
 
     card = (out / "README.md").read_text()
-    for text in ("base_model:", "stabilized distillation", "KL distillation", "InfoNCE", "final training loss", "| tool |"):
+    for text in (
+        "base_model:",
+        "stabilized distillation",
+        "KL distillation",
+        "InfoNCE",
+        "final training loss",
+        "| tool |",
+    ):
         assert text in card
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["metrics"]["steps"] == 6 and summary["metrics"]["training_loss"] > 0
@@ -113,8 +120,18 @@ def test_ablation_switches(workspace, tmp_path):
     from llm_embedder.training import train
 
     out = tmp_path / "ablation"
-    train(recipe(workspace, out, use_instructions=False, mixed_batches=True, dtype="bf16", grad_cache_chunk=None,
-                 steps=3, log_batches=True))
+    train(
+        recipe(
+            workspace,
+            out,
+            use_instructions=False,
+            mixed_batches=True,
+            dtype="bf16",
+            grad_cache_chunk=None,
+            steps=3,
+            log_batches=True,
+        )
+    )
     embedder = LLMEmbedder(out, device="cpu")
     assert not embedder.use_instructions and embedder.instruction("qa", "query") == ""
     log = [json.loads(line) for line in (out / "batches-rank0.jsonl").read_text().splitlines()]
@@ -149,8 +166,10 @@ def test_loss_resolution_from_the_task_table():
 def test_recipe_file_and_cli_overrides(workspace, tmp_path):
     root, model, files = workspace
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"model: {model}\ndata:\n  qa: {files['qa']}\n  extra: {{path: qa.jsonl, task: qa, weight: 2}}\n"
-                    "steps: 7\nbatch-size: 2\noutput: out\n")
+    path.write_text(
+        f"model: {model}\ndata:\n  qa: {files['qa']}\n  extra: {{path: qa.jsonl, task: qa, weight: 2}}\n"
+        "steps: 7\nbatch-size: 2\noutput: out\n"
+    )
     config = TrainConfig.from_file(path, {"steps": 9, "mixed_batches": True})
     assert config.training.steps == 9 and config.training.batch_size == 2 and config.data.mixed_batches
     assert config.data.data[1].path == str(tmp_path / "qa.jsonl") and config.dataset_weights()["extra"] == 2.0
@@ -171,7 +190,9 @@ def cli(args: list[str], capsys) -> tuple[int, str]:
 def test_unscored_records_for_a_distilled_task(workspace, tmp_path, capsys):
     root, model, _ = workspace
     unscored = write_jsonl(tmp_path / "qa_unscored.jsonl", make_records(8, seed=4, scored=False))
-    code, err = cli(["--model", model, "--data", f"qa={unscored}", "-o", str(tmp_path / "o"), "--device", "cpu"], capsys)
+    code, err = cli(
+        ["--model", model, "--data", f"qa={unscored}", "-o", str(tmp_path / "o"), "--device", "cpu"], capsys
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"{unscored}:1: field 'teacher_scores'" in err and "and 7 more" in err and "--hard-labels" in err
     # with hard labels the same file is fine to load
@@ -189,12 +210,27 @@ def test_bad_input_is_one_line_before_training(workspace, tmp_path, capsys):
         return load_training_sets(TrainConfig.from_dict({"output": "x", **overrides}), TASKS)
 
     few = write_jsonl(tmp_path / "few.jsonl", make_records(4, seed=5, candidates=3))
-    with pytest.raises(DataError, match=r"few.jsonl:1: field 'neg': has 2 negative\(s\), fewer than group size - 1 = 7"):
+    with pytest.raises(
+        DataError, match=r"few.jsonl:1: field 'neg': has 2 negative\(s\), fewer than group size - 1 = 7"
+    ):
         load(data={"qa": few}, group_size=8, repeat=False)
     assert len(load(data={"qa": few}, group_size=8)[0]) == 4  # repeating (the reference's behaviour)
 
-    code, err = cli(["--model", model, "--data", f"qa={files['qa']}", "--batch-size", "32", "-o", str(tmp_path / "o"),
-                     "--device", "cpu"], capsys)
+    code, err = cli(
+        [
+            "--model",
+            model,
+            "--data",
+            f"qa={files['qa']}",
+            "--batch-size",
+            "32",
+            "-o",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 2 and "dataset 'qa' has 24 usable record(s)" in err and "--batch-size" in err
 
     untasked = write_jsonl(tmp_path / "mine.jsonl", make_records(4, seed=6))
@@ -236,8 +272,13 @@ def test_kill_and_resume_matches_an_uninterrupted_run(workspace, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(_KILLED_RUN)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    process = subprocess.Popen([sys.executable, str(script), str(config_file)], env=env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(config_file)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     checkpoint = out / "checkpoints" / "checkpoint-4" / "trainer_state.json"
     batch_log = out / "batches-rank0.jsonl"

@@ -46,8 +46,16 @@ def build_tiny_model(folder: Path, *, dropout: float = 0.1, seed: int = 0) -> st
     return str(folder)
 
 
-def make_records(n: int, *, seed: int, candidates: int = 6, scored: bool = True, history: bool = False,
-                 pos: int = 1, task: str | None = None) -> list[dict]:
+def make_records(
+    n: int,
+    *,
+    seed: int,
+    candidates: int = 6,
+    scored: bool = True,
+    history: bool = False,
+    pos: int = 1,
+    task: str | None = None,
+) -> list[dict]:
     """Records of random words; teacher scores favour the candidates that share words with the query."""
     rng = random.Random(seed)
     rows = []

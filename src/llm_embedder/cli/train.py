@@ -50,16 +50,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("--query-max-length", type=int, help="query token budget (default 256)")
     add("--key-max-length", type=int, help="key token budget (default 256)")
     add("--temperature", type=float, help="student temperature tau (default 0.01)")
-    add("--no-instructions", dest="use_instructions", action="store_false", default=None,
-        help="train without task instructions (ablation)")
+    add(
+        "--no-instructions",
+        dest="use_instructions",
+        action="store_false",
+        default=None,
+        help="train without task instructions (ablation)",
+    )
     add("--mixed-batches", action="store_true", default=None, help="mix datasets inside a step (ablation)")
-    add("--hard-labels", action="store_true", default=None,
-        help="ignore teacher scores: contrastive on the labelled positive (w/o LLM reward ablation)")
+    add(
+        "--hard-labels",
+        action="store_true",
+        default=None,
+        help="ignore teacher scores: contrastive on the labelled positive (w/o LLM reward ablation)",
+    )
     add("--distillation", choices=["kl", "stabilized"], help="use this distillation loss for every distilled task")
-    add("--loss-override", action="append", metavar="TASK=LOSS",
-        help="loss of one task: contrastive, kl_distillation (kl) or stabilized_distillation (stabilized)")
-    add("--no-repeat", dest="repeat", action="store_false", default=None,
-        help="reject records with fewer negatives than the group needs (default: repeat them)")
+    add(
+        "--loss-override",
+        action="append",
+        metavar="TASK=LOSS",
+        help="loss of one task: contrastive, kl_distillation (kl) or stabilized_distillation (stabilized)",
+    )
+    add(
+        "--no-repeat",
+        dest="repeat",
+        action="store_false",
+        default=None,
+        help="reject records with fewer negatives than the group needs (default: repeat them)",
+    )
     add("--num-workers", type=int, help="data-loader worker processes (default 2)")
     add("--save-steps", type=int, help="checkpoint every N steps (default 500)")
     add("--save-total-limit", type=int, help="checkpoints kept (default 2)")
@@ -89,10 +107,33 @@ def _pairs(values: list[str] | None, flag: str, convert: Any = str) -> dict[str,
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe keys given on the command line (flags left out do not override the recipe)."""
     plain = (
-        "model", "output", "steps", "batch_size", "group_size", "lr", "weight_decay", "warmup", "seed", "dtype",
-        "grad_cache_chunk", "gradient_checkpointing", "query_max_length", "key_max_length", "temperature",
-        "use_instructions", "mixed_batches", "hard_labels", "distillation", "repeat", "num_workers", "save_steps",
-        "save_total_limit", "logging_steps", "resume", "keep_checkpoints", "log_batches",
+        "model",
+        "output",
+        "steps",
+        "batch_size",
+        "group_size",
+        "lr",
+        "weight_decay",
+        "warmup",
+        "seed",
+        "dtype",
+        "grad_cache_chunk",
+        "gradient_checkpointing",
+        "query_max_length",
+        "key_max_length",
+        "temperature",
+        "use_instructions",
+        "mixed_batches",
+        "hard_labels",
+        "distillation",
+        "repeat",
+        "num_workers",
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "resume",
+        "keep_checkpoints",
+        "log_batches",
     )
     out = {key: getattr(args, key) for key in plain if getattr(args, key) is not None}
     if args.data:
@@ -123,8 +164,16 @@ def _relaunch(nproc: int) -> int:
         if item.startswith("--nproc="):
             continue
         cleaned.append(item)
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
-               "-m", "llm_embedder.cli.main", *cleaned]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--standalone",
+        "-m",
+        "llm_embedder.cli.main",
+        *cleaned,
+    ]
     return subprocess.call(command)
 
 

@@ -56,4 +56,6 @@ def read_sampler_state(checkpoint: Path) -> dict[str, Any] | None:
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{file}: unreadable batch-sampler state ({exc})", hint="resume from an earlier checkpoint") from None
+        raise UserError(
+            f"{file}: unreadable batch-sampler state ({exc})", hint="resume from an earlier checkpoint"
+        ) from None

@@ -142,7 +142,9 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_dict(cls, mapping: Mapping[str, Any], *, base_dir: str | Path | None = None, source: str = "config") -> TrainConfig:
+    def from_dict(
+        cls, mapping: Mapping[str, Any], *, base_dir: str | Path | None = None, source: str = "config"
+    ) -> TrainConfig:
         """Build from a flat mapping of flag names; relative data paths are resolved against ``base_dir``."""
         if not isinstance(mapping, Mapping):
             raise UserError(f"{source}: a training recipe must be a mapping of flag names to values")
@@ -223,7 +225,9 @@ class TrainConfig:
         names = [ds.name for ds in d.data]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise UserError(f"dataset name(s) given twice: {', '.join(duplicates)}", hint="use NAME:TASK=FILE to rename")
+            raise UserError(
+                f"dataset name(s) given twice: {', '.join(duplicates)}", hint="use NAME:TASK=FILE to rename"
+            )
         unknown_weights = set(d.data_weights) - set(names)
         if unknown_weights:
             raise UserError(
@@ -256,7 +260,9 @@ class TrainConfig:
         if t.dtype not in DTYPES:
             raise UserError(f"unknown dtype {t.dtype!r}", hint=f"choose one of {', '.join(DTYPES)}")
         if d.distillation is not None and d.distillation not in DISTILLATIONS:
-            raise UserError(f"unknown distillation {d.distillation!r}", hint=f"choose one of {', '.join(DISTILLATIONS)}")
+            raise UserError(
+                f"unknown distillation {d.distillation!r}", hint=f"choose one of {', '.join(DISTILLATIONS)}"
+            )
         for ds in d.data:
             if not ds.weight > 0:
                 raise UserError(f"dataset '{ds.name}' has weight {ds.weight}", hint="weights must be > 0")
@@ -305,7 +311,9 @@ def _build(klass: type, data: Mapping[str, Any], where: str) -> Any:
     known = {f.name for f in dataclasses.fields(klass)}
     unknown = set(data) - known
     if unknown:
-        raise UserError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}", hint=f"known: {', '.join(sorted(known))}")
+        raise UserError(
+            f"{where}: unknown field(s) {', '.join(sorted(unknown))}", hint=f"known: {', '.join(sorted(known))}"
+        )
     missing = [f.name for f in dataclasses.fields(klass) if f.name not in data and _required(f)]
     if missing:
         raise UserError(f"{where}: missing field(s) {', '.join(missing)}")

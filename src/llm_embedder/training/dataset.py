@@ -133,7 +133,11 @@ def load_training_sets(config: TrainConfig, registry: TaskRegistry) -> list[Trai
         if not ts.items:
             raise UserError(
                 f"dataset '{ts.name}' ({ts.path}) has no usable records"
-                + (f" ({ts.dropped} dropped by the teacher-score margin {ts.spec.min_score_margin:g})" if ts.dropped else ""),
+                + (
+                    f" ({ts.dropped} dropped by the teacher-score margin {ts.spec.min_score_margin:g})"
+                    if ts.dropped
+                    else ""
+                ),
                 hint="check the file or lower training.min_score_margin in the task table",
             )
     return sets

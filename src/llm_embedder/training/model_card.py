@@ -24,13 +24,25 @@ def render_model_card(summary: dict[str, Any]) -> str:
     datasets = _table(
         ["dataset", "task", "file", "records", "dropped (margin)", "weight", "steps / epoch", "loss"],
         [
-            [d["name"], d["task"], f"`{d['path']}`", d["records"], d["dropped"], _fmt(d["weight"]), d["steps_per_epoch"], d["loss"]]
+            [
+                d["name"],
+                d["task"],
+                f"`{d['path']}`",
+                d["records"],
+                d["dropped"],
+                _fmt(d["weight"]),
+                d["steps_per_epoch"],
+                d["loss"],
+            ]
             for d in summary["datasets"]
         ],
     )
     losses = _table(
         ["dataset", "mean loss, first steps", "mean loss, last steps", "steps"],
-        [[name, _fmt(v["first"]), _fmt(v["last"]), v["steps"]] for name, v in summary.get("dataset_losses", {}).items()],
+        [
+            [name, _fmt(v["first"]), _fmt(v["last"]), v["steps"]]
+            for name, v in summary.get("dataset_losses", {}).items()
+        ],
     )
     metrics = summary["metrics"]
     switches = [
@@ -49,10 +61,10 @@ tags:
 - sentence-transformers
 - llm-embedder
 - retrieval-augmented-generation
-base_model: {summary['base_model']}
+base_model: {summary["base_model"]}
 ---
 
-# LLM-Embedder fine-tuned from `{summary['base_model']}`
+# LLM-Embedder fine-tuned from `{summary["base_model"]}`
 
 One bi-encoder for every retrieval need of an LLM (knowledge, memory, long context, in-context examples, tools),
 trained as in *Retrieve Anything To Augment Large Language Models* (Zhang et al., arXiv 2310.07554) with the
@@ -83,21 +95,21 @@ q = model.encode(["..."], prompt_name="{first_task}_query", normalize_embeddings
 
 ## Training
 
-- base model: `{summary['base_model']}`
-- steps: {metrics['steps']} x {cfg['batch_size']} queries per process x {summary['world_size']} process(es)
-  = {summary['global_batch_size']} queries per step, group size {cfg['group_size']}
-  ({summary['global_batch_size'] * cfg['group_size']} keys per step; InfoNCE sees all of them)
-- optimiser: AdamW, lr {cfg['lr']:g}, weight decay {cfg['weight_decay']:g}, linear schedule with warm-up {cfg['warmup']:g},
-  max grad norm {cfg['max_grad_norm']:g}, seed {cfg['seed']}
-- precision: {cfg['dtype']}; gradient cache chunk: {cfg['grad_cache_chunk'] or 'off'};
-  max length query {cfg['query_max_length']} / key {cfg['key_max_length']} tokens; student temperature {cfg['temperature']:g}
-- {'; '.join(switches)}
+- base model: `{summary["base_model"]}`
+- steps: {metrics["steps"]} x {cfg["batch_size"]} queries per process x {summary["world_size"]} process(es)
+  = {summary["global_batch_size"]} queries per step, group size {cfg["group_size"]}
+  ({summary["global_batch_size"] * cfg["group_size"]} keys per step; InfoNCE sees all of them)
+- optimiser: AdamW, lr {cfg["lr"]:g}, weight decay {cfg["weight_decay"]:g}, linear schedule with warm-up {cfg["warmup"]:g},
+  max grad norm {cfg["max_grad_norm"]:g}, seed {cfg["seed"]}
+- precision: {cfg["dtype"]}; gradient cache chunk: {cfg["grad_cache_chunk"] or "off"};
+  max length query {cfg["query_max_length"]} / key {cfg["key_max_length"]} tokens; student temperature {cfg["temperature"]:g}
+- {"; ".join(switches)}
 
 ## Results of the run
 
-- final training loss (mean over the run): {_fmt(metrics.get('training_loss'))}
-- last logged loss: {_fmt(metrics.get('last_loss'))}
-- runtime: {_fmt(metrics.get('runtime_s'))} s, {_fmt(metrics.get('queries_per_second'))} queries/s
+- final training loss (mean over the run): {_fmt(metrics.get("training_loss"))}
+- last logged loss: {_fmt(metrics.get("last_loss"))}
+- runtime: {_fmt(metrics.get("runtime_s"))} s, {_fmt(metrics.get("queries_per_second"))} queries/s
 
 Loss per dataset (as seen by process 0, first vs last tenth of its steps):
 

@@ -196,7 +196,10 @@ class HomogeneousBatchSampler(Sampler[list[SampleRef]]):
         start, self._resume_step = self._resume_step, 0
         self._yielded_steps = start
         for step in range(start, len(indices)):
-            refs = [SampleRef(int(d), int(i), int(s)) for d, i, s in zip(datasets[step], indices[step], seeds[step], strict=True)]
+            refs = [
+                SampleRef(int(d), int(i), int(s))
+                for d, i, s in zip(datasets[step], indices[step], seeds[step], strict=True)
+            ]
             self._yielded_steps = step + 1
             for replica in range(self.num_replicas):
                 if self.rank is None or replica == self.rank:

@@ -159,9 +159,13 @@ class GroupLoss(CachedLossMixin, nn.Module):
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Any = None) -> Tensor:
         features = list(sentence_features)
         if len(features) != 2:
-            raise ValueError(f"{type(self).__name__} expects 2 input columns (queries, key groups), got {len(features)}")
+            raise ValueError(
+                f"{type(self).__name__} expects 2 input columns (queries, key groups), got {len(features)}"
+            )
         if self.model is None:
-            raise ValueError(f"{type(self).__name__} was built without a model; it can only be used inside another loss")
+            raise ValueError(
+                f"{type(self).__name__} was built without a model; it can only be used inside another loss"
+            )
         if self.mini_batch_size is not None:
             return self.forward_cached(features, labels)
         reps = [[self.model(column)["sentence_embedding"]] for column in features]

@@ -86,5 +86,7 @@ class MultiTaskLoss(GroupLoss):
     def get_config_dict(self) -> dict[str, object]:
         return {
             **super().get_config_dict(),
-            "losses": {name: {"loss": type(loss).__name__, **loss.get_config_dict()} for name, loss in self.losses.items()},
+            "losses": {
+                name: {"loss": type(loss).__name__, **loss.get_config_dict()} for name, loss in self.losses.items()
+            },
         }
