@@ -31,3 +31,21 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--max-length", type=int, default=None, help="token budget per text (default: the model's)")
+
+
+def register_modules(sub: argparse._SubParsersAction, package: str, names: tuple[str, ...]) -> None:
+    """Call ``register(sub)`` of each module ``package.<name>``; a module that does not exist is skipped.
+
+    Sub-commands are one module each, so a missing module (an optional part) drops its command instead of
+    breaking the whole CLI; an import error inside an existing module is still raised.
+    """
+    import importlib
+
+    for name in names:
+        try:
+            module = importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{package}.{name}":
+                continue
+            raise
+        module.register(sub)

@@ -7,11 +7,11 @@ its parser and sets ``func``. User errors (bad input) print one line and exit wi
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
 
+from llm_embedder.cli.common import register_modules
 from llm_embedder.errors import EXIT_USER_ERROR, UserError
 
 #: sub-command modules, in the order ``--help`` lists them; a module that is missing is skipped
@@ -25,14 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="llm-embedder 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"llm_embedder.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"llm_embedder.cli.{name}":
-                continue
-            raise
-        module.register(sub)
+    register_modules(sub, "llm_embedder.cli", COMMANDS)
     return parser
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from llm_embedder.errors import UserError
+from llm_embedder.utils.dataclass_build import build_dataclass
 
 
 @dataclass
@@ -104,15 +105,7 @@ def _plain(obj: Any) -> Any:
 
 
 def _build(klass: type, data: Any, where: str) -> Any:
-    if data is None:
-        return klass()
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be a mapping")
-    known = {f.name for f in dataclasses.fields(klass)}
-    unknown = set(data) - known
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}", hint=f"known: {', '.join(sorted(known))}")
-    return klass(**data)
+    return build_dataclass(klass, {} if data is None else data, where, noun="key")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llm_embedder.errors import UserError
+from llm_embedder.utils.dataclass_build import build_dataclass as _build
 
 CandidateSource = Literal["pos_neg", "history"]
 RewardKind = Literal["template", "lrlm", "none"]
@@ -128,13 +129,3 @@ class TaskSpec:
                 )
         if self.reward.kind == "template" and not self.reward.template:
             raise UserError(f"{source}: task '{self.name}' has reward kind 'template' but no reward.template")
-
-
-def _build(klass: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be a mapping")
-    known = {f.name for f in dataclasses.fields(klass)}
-    unknown = set(data) - known
-    if unknown:
-        raise UserError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}", hint=f"known: {', '.join(sorted(known))}")
-    return klass(**data)

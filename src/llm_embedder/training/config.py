@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from llm_embedder.errors import UserError
+from llm_embedder.utils.dataclass_build import build_dataclass as _build
 
 DTYPES = ("fp32", "bf16", "fp16")
 DISTILLATIONS = {"kl": "kl_distillation", "stabilized": "stabilized_distillation"}
@@ -305,20 +306,3 @@ def parse_datasets(value: Any, *, base_dir: str | Path | None = None, source: st
 
 def _dotted_name(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
-
-
-def _build(klass: type, data: Mapping[str, Any], where: str) -> Any:
-    known = {f.name for f in dataclasses.fields(klass)}
-    unknown = set(data) - known
-    if unknown:
-        raise UserError(
-            f"{where}: unknown field(s) {', '.join(sorted(unknown))}", hint=f"known: {', '.join(sorted(known))}"
-        )
-    missing = [f.name for f in dataclasses.fields(klass) if f.name not in data and _required(f)]
-    if missing:
-        raise UserError(f"{where}: missing field(s) {', '.join(missing)}")
-    return klass(**data)
-
-
-def _required(f: dataclasses.Field) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
