@@ -231,10 +231,16 @@ def _manual_sum_logprob(lm: LanguageModel, context: str, target: str) -> tuple[f
 
 def test_chat_perplexity_equals_hand_computation(tiny_lm):
     records = [
-        Record(query="Do you like dogs?", history=["Speaker 1: I have a cat.\nSpeaker 2: Cats are nice."],
-               answers=["Yes, very much."]),
-        Record(query="Where do you live?", history=["Speaker 1: hi\nSpeaker 2: hello"],
-               answers=["In a small town near the sea, with my two brothers and a very old dog."]),
+        Record(
+            query="Do you like dogs?",
+            history=["Speaker 1: I have a cat.\nSpeaker 2: Cats are nice."],
+            answers=["Yes, very much."],
+        ),
+        Record(
+            query="Where do you live?",
+            history=["Speaker 1: hi\nSpeaker 2: hello"],
+            answers=["In a small town near the sea, with my two brothers and a very old dog."],
+        ),
     ]
     evaluator = ChatEvaluator(TASKS.get("chat"), quiet())
     retrieved = [[RetrievedKey(r.history[0], 0)] for r in records]
@@ -251,8 +257,9 @@ def test_chat_perplexity_equals_hand_computation(tiny_lm):
 
 def test_lrlm_prompt_keeps_document_order_and_the_query_chunk(tiny_lm):
     evaluator = LRLMEvaluator(TASKS.get("lrlm"), quiet(max_prompt_tokens=60))
-    record = Record(query="QUERY chunk text", neg=["first chunk " * 3, "second chunk " * 40, "third chunk " * 3],
-                    answers=["next"])
+    record = Record(
+        query="QUERY chunk text", neg=["first chunk " * 3, "second chunk " * 40, "third chunk " * 3], answers=["next"]
+    )
     # relevance: third, first, second; the budget holds the two short ones, the long one is cut or dropped
     keys = [RetrievedKey(record.neg[2], 2), RetrievedKey(record.neg[0], 0), RetrievedKey(record.neg[1], 1)]
     context = evaluator.build_context(tiny_lm.tokenizer, record, keys[:2])

@@ -27,9 +27,15 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(resolve_lm(None))
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
@@ -49,11 +55,28 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def test_eval_writes_table_json_and_png(data_dir, tiny_lm_dir, tmp_path, capsys):
     out = tmp_path / "report"
-    rc = main([
-        "eval", "--task", "chat", "--data", str(data_dir / "tasks/chat/dev.jsonl"),
-        "-r", "none", "-r", "recency", "-r", "lucky=random",
-        "--lm", str(tiny_lm_dir), "--limit", "3", "-o", str(out), "--quiet",
-    ])
+    rc = main(
+        [
+            "eval",
+            "--task",
+            "chat",
+            "--data",
+            str(data_dir / "tasks/chat/dev.jsonl"),
+            "-r",
+            "none",
+            "-r",
+            "recency",
+            "-r",
+            "lucky=random",
+            "--lm",
+            str(tiny_lm_dir),
+            "--limit",
+            "3",
+            "-o",
+            str(out),
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0
     assert "| retriever | perplexity ↓ |" in printed
@@ -67,10 +90,13 @@ def test_eval_writes_table_json_and_png(data_dir, tiny_lm_dir, tmp_path, capsys)
 
 
 def _bad_record_file(tmp_path: Path) -> Path:
-    return write_jsonl(tmp_path / "bad.jsonl", [
-        {"query": "hi", "history": ["Speaker 1: a\nSpeaker 2: b"], "answers": ["ok"]},
-        {"query": "no answer here", "history": ["Speaker 1: a\nSpeaker 2: b"]},
-    ])
+    return write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"query": "hi", "history": ["Speaker 1: a\nSpeaker 2: b"], "answers": ["ok"]},
+            {"query": "no answer here", "history": ["Speaker 1: a\nSpeaker 2: b"]},
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -96,19 +122,51 @@ def test_bad_input_is_one_line_exit_2(case, expected, data_dir, tiny_lm_dir, tmp
         "missing_data": ["--task", "chat", "--data", str(tmp_path / "none.jsonl"), "-r", "none", *lm],
         "unknown_task": ["--task", "nope", "--data", chat, "-r", "none"],
         "record_without_answers": ["--task", "chat", "--data", str(_bad_record_file(tmp_path)), "-r", "none", *lm],
-        "malformed_json": ["--task", "chat", "--data",
-                           str(_write_text(tmp_path / "broken.jsonl", '{"query": "a", "answers": ["b"]}\n{oops\n')),
-                           "-r", "none", *lm],
-        "recency_on_corpus": ["--task", "qa", "--data", qa, "--corpus", str(data_dir / "tasks/qa/corpus.jsonl"),
-                              "-r", "recency", "--limit", "2", *lm],
+        "malformed_json": [
+            "--task",
+            "chat",
+            "--data",
+            str(_write_text(tmp_path / "broken.jsonl", '{"query": "a", "answers": ["b"]}\n{oops\n')),
+            "-r",
+            "none",
+            *lm,
+        ],
+        "recency_on_corpus": [
+            "--task",
+            "qa",
+            "--data",
+            qa,
+            "--corpus",
+            str(data_dir / "tasks/qa/corpus.jsonl"),
+            "-r",
+            "recency",
+            "--limit",
+            "2",
+            *lm,
+        ],
         "missing_encoder": ["--task", "chat", "--data", chat, "-r", "./no/such/encoder", *lm],
         "duplicate_retriever": ["--task", "chat", "--data", chat, "-r", "bm25", "-r", "bm25", *lm],
         "bad_limit": ["--task", "chat", "--data", chat, "-r", "none", "--limit", "0", *lm],
         "missing_lm": ["--task", "chat", "--data", chat, "-r", "none", "--lm", "./no/such/lm", "--limit", "2"],
-        "bad_task_file": ["--task", "poem", "--data", chat, "-r", "none", "--tasks",
-                          str(_write_text(tmp_path / "t.yaml", "poem:\n  query_instruction: 'q: '\n"
-                                          "  key_instruction: 'k: '\n  evaluation:\n    downstream: poetry\n")),
-                          "--limit", "2", *lm],
+        "bad_task_file": [
+            "--task",
+            "poem",
+            "--data",
+            chat,
+            "-r",
+            "none",
+            "--tasks",
+            str(
+                _write_text(
+                    tmp_path / "t.yaml",
+                    "poem:\n  query_instruction: 'q: '\n"
+                    "  key_instruction: 'k: '\n  evaluation:\n    downstream: poetry\n",
+                )
+            ),
+            "--limit",
+            "2",
+            *lm,
+        ],
     }[case]
     rc = main(["eval", *argv, "--quiet"])
     err = capsys.readouterr().err
@@ -147,24 +205,66 @@ gadgets:
 
 def test_unseen_tasks_from_a_task_file(tiny_lm_dir, tmp_path, capsys, isolated_tasks):
     tasks = _write_text(tmp_path / "my_tasks.yaml", UNSEEN_TASKS)
-    corpus = write_jsonl(tmp_path / "notes.jsonl", [
-        {"name": "pancakes", "body": "whisk flour, eggs and milk; fry thin rounds in butter"},
-        {"name": "risotto", "body": "toast arborio rice, add stock ladle by ladle, finish with parmesan"},
-        {"name": "brownies", "body": "melt chocolate and butter, fold in sugar, eggs and flour, bake 25 minutes"},
-        {"name": "pesto", "body": "pound basil, pine nuts, garlic and parmesan with olive oil"},
-    ])
-    records = write_jsonl(tmp_path / "questions.jsonl", [
-        {"query": "how do I make pesto with basil", "pos": [], "neg": [], "pos_index": [3], "answers": ["pound basil"]},
-        {"query": "rice dish with stock and parmesan", "pos": [], "neg": [], "pos_index": [1],
-         "answers": ["risotto", "a risotto"]},
-        {"query": "chocolate dessert baked 25 minutes", "pos": [], "neg": [], "pos_index": [2],
-         "answers": ["brownies"]},
-    ])
+    corpus = write_jsonl(
+        tmp_path / "notes.jsonl",
+        [
+            {"name": "pancakes", "body": "whisk flour, eggs and milk; fry thin rounds in butter"},
+            {"name": "risotto", "body": "toast arborio rice, add stock ladle by ladle, finish with parmesan"},
+            {"name": "brownies", "body": "melt chocolate and butter, fold in sugar, eggs and flour, bake 25 minutes"},
+            {"name": "pesto", "body": "pound basil, pine nuts, garlic and parmesan with olive oil"},
+        ],
+    )
+    records = write_jsonl(
+        tmp_path / "questions.jsonl",
+        [
+            {
+                "query": "how do I make pesto with basil",
+                "pos": [],
+                "neg": [],
+                "pos_index": [3],
+                "answers": ["pound basil"],
+            },
+            {
+                "query": "rice dish with stock and parmesan",
+                "pos": [],
+                "neg": [],
+                "pos_index": [1],
+                "answers": ["risotto", "a risotto"],
+            },
+            {
+                "query": "chocolate dessert baked 25 minutes",
+                "pos": [],
+                "neg": [],
+                "pos_index": [2],
+                "answers": ["brownies"],
+            },
+        ],
+    )
     out = tmp_path / "out"
-    rc = main([
-        "eval", "--tasks", str(tasks), "--task", "recipes", "--data", str(records), "--corpus", str(corpus),
-        "-r", "none", "-r", "bm25", "-r", "random", "--lm", str(tiny_lm_dir), "-o", str(out), "--quiet",
-    ])
+    rc = main(
+        [
+            "eval",
+            "--tasks",
+            str(tasks),
+            "--task",
+            "recipes",
+            "--data",
+            str(records),
+            "--corpus",
+            str(corpus),
+            "-r",
+            "none",
+            "-r",
+            "bm25",
+            "-r",
+            "random",
+            "--lm",
+            str(tiny_lm_dir),
+            "-o",
+            str(out),
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     results = json.loads((out / "recipes.json").read_text())
@@ -175,14 +275,37 @@ def test_unseen_tasks_from_a_task_file(tiny_lm_dir, tmp_path, capsys, isolated_t
     assert math.isfinite(results["results"]["none"]["answer_logprob"])
 
     # a retrieval-only unseen task against each record's own candidates (no corpus, no LLM needed)
-    gadgets = write_jsonl(tmp_path / "gadgets.jsonl", [
-        {"query": "keep coffee hot for hours", "pos": ["a vacuum flask keeps drinks hot"],
-         "neg": ["a kite flies in the wind", "a hammer drives nails"]},
-        {"query": "drive nails into wood", "pos": ["a hammer drives nails"],
-         "neg": ["a vacuum flask keeps drinks hot", "a kite flies in the wind"]},
-    ])
-    rc = main(["eval", "--tasks", str(tasks), "--task", "gadgets", "--data", str(gadgets), "-r", "bm25",
-               "-r", "none", "--quiet"])
+    gadgets = write_jsonl(
+        tmp_path / "gadgets.jsonl",
+        [
+            {
+                "query": "keep coffee hot for hours",
+                "pos": ["a vacuum flask keeps drinks hot"],
+                "neg": ["a kite flies in the wind", "a hammer drives nails"],
+            },
+            {
+                "query": "drive nails into wood",
+                "pos": ["a hammer drives nails"],
+                "neg": ["a vacuum flask keeps drinks hot", "a kite flies in the wind"],
+            },
+        ],
+    )
+    rc = main(
+        [
+            "eval",
+            "--tasks",
+            str(tasks),
+            "--task",
+            "gadgets",
+            "--data",
+            str(gadgets),
+            "-r",
+            "bm25",
+            "-r",
+            "none",
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0
     assert "| retriever | ndcg@2 ↑ | mrr@2 ↑ |" in printed
@@ -192,8 +315,26 @@ def test_unseen_tasks_from_a_task_file(tiny_lm_dir, tmp_path, capsys, isolated_t
 
 def test_eval_with_the_bundled_lm(data_dir, tmp_path, capsys):
     """The real SmolLM2 on 2 chat records: the numbers are perplexities of a real LM (finite, modest)."""
-    rc = main(["eval", "--task", "chat", "--data", str(data_dir / "tasks/chat/dev.jsonl"), "-r", "none",
-               "-r", "recency", "--limit", "2", "--max-prompt-tokens", "256", "-o", str(tmp_path), "--quiet"])
+    rc = main(
+        [
+            "eval",
+            "--task",
+            "chat",
+            "--data",
+            str(data_dir / "tasks/chat/dev.jsonl"),
+            "-r",
+            "none",
+            "-r",
+            "recency",
+            "--limit",
+            "2",
+            "--max-prompt-tokens",
+            "256",
+            "-o",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "chat.json").read_text())
     assert results["lm"] == "smollm2"

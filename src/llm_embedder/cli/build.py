@@ -9,7 +9,9 @@ from llm_embedder.cli.common import register_modules
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("build", help="build records from raw data (lrlm texts, dialogues, ...)", description=__doc__)
+    parser = sub.add_parser(
+        "build", help="build records from raw data (lrlm texts, dialogues, ...)", description=__doc__
+    )
     kinds = parser.add_subparsers(dest="kind", metavar="KIND")
     register_modules(kinds, "llm_embedder.builders", BUILDERS)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

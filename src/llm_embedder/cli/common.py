@@ -27,7 +27,10 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weight precision")
     parser.add_argument(
-        "--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="inference runtime (onnx*: CPU fast path)"
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx", "onnx-int8"],
+        help="inference runtime (onnx*: CPU fast path)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--max-length", type=int, default=None, help="token budget per text (default: the model's)")

@@ -26,10 +26,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, metavar="FILE", help="records to evaluate (JSON lines)")
     parser.add_argument("--corpus", metavar="FILE", help="corpus to retrieve from (default: each record's candidates)")
     parser.add_argument(
-        "--retriever", "-r", action="append", dest="retrievers", metavar="SPEC", required=True,
+        "--retriever",
+        "-r",
+        action="append",
+        dest="retrievers",
+        metavar="SPEC",
+        required=True,
         help="a retriever to compare (repeat): none, random, recency, bm25, hybrid[:PATH], default, PATH, LABEL=SPEC",
     )
-    parser.add_argument("--lm", default=None, help="causal LM: smollm2 (default), gemma3, a folder, a .gguf or a hub id")
+    parser.add_argument(
+        "--lm", default=None, help="causal LM: smollm2 (default), gemma3, a folder, a .gguf or a hub id"
+    )
     parser.add_argument("--lm-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="LM weight precision")
     parser.add_argument("--device", default=None, help="cpu, cuda ... for the LM and the encoders")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only N records (cheap CPU runs)")
@@ -38,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="keys per prompt (default: the task table's top_k)")
     parser.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompt budget; the target is never cut")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="greedy answer length (qa)")
-    parser.add_argument("--candidates-only", action="store_true", help="rank each record's candidates even with --corpus")
+    parser.add_argument(
+        "--candidates-only", action="store_true", help="rank each record's candidates even with --corpus"
+    )
     parser.add_argument("--no-downstream", action="store_true", help="retrieval metrics only (no LLM)")
     parser.add_argument("--key-template", default=None, help="render corpus rows with this template, e.g. '{text}'")
     parser.add_argument("-o", "--output", default=None, metavar="OUT_DIR", help="write <task>.json/.md/.png here")

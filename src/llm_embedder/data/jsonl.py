@@ -47,7 +47,10 @@ def iter_jsonl(path: str | os.PathLike[str], *, allow_empty: bool = False) -> It
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(
-                    str(path), lineno, f"malformed JSON ({exc.msg} at column {exc.colno})", hint="one JSON object per line"
+                    str(path),
+                    lineno,
+                    f"malformed JSON ({exc.msg} at column {exc.colno})",
+                    hint="one JSON object per line",
                 ) from None
             if not isinstance(obj, dict):
                 raise DataError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")

@@ -93,8 +93,15 @@ def plot_results(results: dict[str, Any], path: str | os.PathLike[str]) -> str:
         for bar, value, height in zip(bars, values, heights, strict=True):
             label = "n/a" if value is None else f"{value:.3g}"
             below = height < 0
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, height), ha="center", va="top" if below else "bottom",
-                        fontsize=8, xytext=(0, -2 if below else 2), textcoords="offset points")
+            ax.annotate(
+                label,
+                (bar.get_x() + bar.get_width() / 2, height),
+                ha="center",
+                va="top" if below else "bottom",
+                fontsize=8,
+                xytext=(0, -2 if below else 2),
+                textcoords="offset points",
+            )
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{metric} ({'lower' if metric in lower else 'higher'} is better)", fontsize=10)
@@ -108,7 +115,9 @@ def plot_results(results: dict[str, Any], path: str | os.PathLike[str]) -> str:
     return str(path)
 
 
-def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str], *, stem: str | None = None) -> dict[str, str]:
+def write_report(
+    results: dict[str, Any], out_dir: str | os.PathLike[str], *, stem: str | None = None
+) -> dict[str, str]:
     """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` (stem: the task name) into ``out_dir``."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

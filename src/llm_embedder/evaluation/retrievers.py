@@ -48,7 +48,9 @@ class EvalRetriever(ABC):
         """Make sure this retriever knows ``spec`` (a task registered after an encoder was loaded)."""
 
     @abstractmethod
-    def rank_candidates(self, queries: Sequence[str], candidates: Sequence[Sequence[str]], *, task: str) -> list[list[int]]:
+    def rank_candidates(
+        self, queries: Sequence[str], candidates: Sequence[Sequence[str]], *, task: str
+    ) -> list[list[int]]:
         """For each query, the indices of its candidates, most relevant first (all of them)."""
 
     @abstractmethod
@@ -199,7 +201,9 @@ def parse_retriever_spec(spec: str) -> tuple[str, str]:
     """``"label=spec"`` -> ``(label, spec)``; a bare spec is its own label."""
     spec = spec.strip()
     if not spec:
-        raise UserError("empty retriever name", hint=f"use one of {', '.join(BASELINES)}, default, or an encoder folder")
+        raise UserError(
+            "empty retriever name", hint=f"use one of {', '.join(BASELINES)}, default, or an encoder folder"
+        )
     label, sep, rest = spec.partition("=")
     if sep and label and rest and "/" not in label and not Path(spec).exists():
         return label.strip(), rest.strip()

@@ -169,7 +169,9 @@ def evaluate(
     if not retrievers:
         raise UserError("no retriever to evaluate", hint="pass --retriever NAME (none, bm25, default, a folder ...)")
     load = caching_loader(device=device)
-    built = [r if isinstance(r, EvalRetriever) else build_retriever(r, seed=seed, load_embedder=load) for r in retrievers]
+    built = [
+        r if isinstance(r, EvalRetriever) else build_retriever(r, seed=seed, load_embedder=load) for r in retrievers
+    ]
     labels = [r.name for r in built]
     duplicates = sorted({name for name in labels if labels.count(name) > 1})
     if duplicates:
@@ -203,7 +205,10 @@ def evaluate(
             if not (retriever.retrieves or evaluator.supports_no_retrieval):
                 continue
             t0 = time.perf_counter()
-            _log(show_progress, f"[eval {spec.name}] {retriever.name}: {evaluator.name} evaluation with {language_model.name}")
+            _log(
+                show_progress,
+                f"[eval {spec.name}] {retriever.name}: {evaluator.name} evaluation with {language_model.name}",
+            )
             downstream_metrics = evaluator.evaluate(records, outcomes[retriever.name].keys, language_model)
             results[retriever.name] = {**downstream_metrics, **results[retriever.name]}
             details[retriever.name]["downstream_seconds"] = round(time.perf_counter() - t0, 2)
@@ -238,4 +243,3 @@ def evaluate(
 def _clean(value: float) -> float | None:
     """JSON has no NaN/inf: an undefined metric becomes null (shown as '-')."""
     return float(value) if math.isfinite(value) else None
-

@@ -46,7 +46,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _offline_env() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def resolve_model_path(model: str | os.PathLike[str] | None, *, what: str = "model") -> str:

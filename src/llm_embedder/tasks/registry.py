@@ -121,7 +121,9 @@ def register_task(
 ) -> TaskSpec:
     """Register a new task in the default registry, e.g. ``register_task("code", "Find code for: ", "Code: ")``."""
     spec = TaskSpec.from_dict(
-        name, {"query_instruction": query_instruction, "key_instruction": key_instruction, **fields}, source="register_task"
+        name,
+        {"query_instruction": query_instruction, "key_instruction": key_instruction, **fields},
+        source="register_task",
     )
     return TASKS.register(spec, overwrite=overwrite)
 

@@ -21,7 +21,9 @@ def build_dataclass(klass: type, data: Any, where: str, *, noun: str = "field") 
     known = {f.name for f in fields}
     unknown = set(data) - known
     if unknown:
-        raise UserError(f"{where}: unknown {noun}(s) {', '.join(sorted(unknown))}", hint=f"known: {', '.join(sorted(known))}")
+        raise UserError(
+            f"{where}: unknown {noun}(s) {', '.join(sorted(unknown))}", hint=f"known: {', '.join(sorted(known))}"
+        )
     missing = [
         f.name
         for f in fields

@@ -21,7 +21,9 @@ def template_fields(template: str) -> list[str]:
     try:
         parsed = list(_FORMATTER.parse(template))
     except ValueError as exc:
-        raise UserError(f"invalid template {template!r}: {exc}", hint="escape literal braces as '{{' and '}}'") from None
+        raise UserError(
+            f"invalid template {template!r}: {exc}", hint="escape literal braces as '{{' and '}}'"
+        ) from None
     for _, name, spec, conversion in parsed:
         if name is None:
             continue

@@ -26,8 +26,13 @@ class ChatEvaluator(PerplexityEvaluator):
         if not keys:
             return turn
         fixed = token_lengths(tokenizer, [turn])[0]
-        kept = select_keys(tokenizer, [k.text.strip() for k in keys], budget=self.settings.max_prompt_tokens,
-                           fixed_tokens=fixed, keep="end")
+        kept = select_keys(
+            tokenizer,
+            [k.text.strip() for k in keys],
+            budget=self.settings.max_prompt_tokens,
+            fixed_tokens=fixed,
+            keep="end",
+        )
         # chronological order reads like a conversation; relevance decided only what was kept
         kept.sort(key=lambda item: keys[item[0]].position)
         return "\n".join([text for _, text in kept] + [turn])

@@ -64,8 +64,12 @@ class ICLEvaluator(DownstreamEvaluator):
         require_answers(records, "icl")
         for record in records:
             if not record.options or len(record.options) < 2:
-                raise record_error(record, "needs at least two label options", "options",
-                                   "list the label verbalisers, e.g. [\"Negative\", \"Positive\"]")
+                raise record_error(
+                    record,
+                    "needs at least two label options",
+                    "options",
+                    'list the label verbalisers, e.g. ["Negative", "Positive"]',
+                )
             if (record.answers or [""])[0] not in record.options:
                 raise record_error(record, f"gold answer {record.answers[0]!r} is not one of the options", "answers")
 
@@ -76,8 +80,9 @@ class ICLEvaluator(DownstreamEvaluator):
         budget = self.settings.max_prompt_tokens
         requests, owner = [], []
         for i, (record, keys) in enumerate(zip(records, retrieved, strict=True)):
-            context, _ = build_icl_prompt(lm.tokenizer, [k.text for k in keys[: self.top_k]], record.query,
-                                          budget=budget)
+            context, _ = build_icl_prompt(
+                lm.tokenizer, [k.text for k in keys[: self.top_k]], record.query, budget=budget
+            )
             for option in record.options or []:
                 requests.append(build_scoring_request(lm, context, option, budget=budget))
                 owner.append(i)

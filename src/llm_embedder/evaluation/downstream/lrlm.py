@@ -28,7 +28,12 @@ class LRLMEvaluator(PerplexityEvaluator):
         if not keys:
             return query
         fixed = token_lengths(tokenizer, [query])[0]
-        kept = select_keys(tokenizer, [k.text.strip() for k in keys], budget=self.settings.max_prompt_tokens,
-                           fixed_tokens=fixed, keep="end")
+        kept = select_keys(
+            tokenizer,
+            [k.text.strip() for k in keys],
+            budget=self.settings.max_prompt_tokens,
+            fixed_tokens=fixed,
+            keep="end",
+        )
         kept.sort(key=lambda item: keys[item[0]].position)
         return self.chunk_separator.join([text for _, text in kept] + [query])

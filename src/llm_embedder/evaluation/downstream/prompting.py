@@ -70,9 +70,7 @@ def build_scoring_request(lm: Any, context: str, target: str, *, budget: int, tr
     resort (keys were already fitted), never the target."""
     from llm_embedder.lm.likelihood import build_request
 
-    return build_request(
-        lm.tokenizer, context, target, max_context_tokens=budget, truncate_context_from=truncate_from
-    )
+    return build_request(lm.tokenizer, context, target, max_context_tokens=budget, truncate_context_from=truncate_from)
 
 
 def score(lm: Any, requests: Sequence[Any], settings: Any, desc: str) -> tuple[Any, Any]:

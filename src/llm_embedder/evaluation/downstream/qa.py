@@ -73,8 +73,13 @@ class QAEvaluator(DownstreamEvaluator):
         if not keys:
             return question
         fixed = token_lengths(tokenizer, [self.knowledge_template.format(keys="") + question])[0]
-        kept = select_keys(tokenizer, [k.strip() for k in keys], budget=self.settings.max_prompt_tokens,
-                           fixed_tokens=fixed, keep="start")
+        kept = select_keys(
+            tokenizer,
+            [k.strip() for k in keys],
+            budget=self.settings.max_prompt_tokens,
+            fixed_tokens=fixed,
+            keep="start",
+        )
         if not kept:
             return question
         knowledge = self.key_separator.join(text for _, text in kept)
@@ -102,8 +107,13 @@ class QAEvaluator(DownstreamEvaluator):
         best = np.full(len(records), -np.inf)
         for i, lp, n in zip(owner, sum_lp, n_tok, strict=True):
             best[i] = max(best[i], float(lp) / max(int(n), 1))
-        outputs = generate_greedy(lm, prompts, self.settings.max_new_tokens, self.settings.generation_batch_size,
-                                  show_progress=self.settings.show_progress)
+        outputs = generate_greedy(
+            lm,
+            prompts,
+            self.settings.max_new_tokens,
+            self.settings.generation_batch_size,
+            show_progress=self.settings.show_progress,
+        )
         em = [exact_match(first_line(o), r.answers or []) for o, r in zip(outputs, records, strict=True)]
         hit = [contains_answer(first_line(o), r.answers or []) for o, r in zip(outputs, records, strict=True)]
         return {
