@@ -66,3 +66,26 @@ def test_demo_recipe_is_valid():
     repro = load_config(Path(__file__).resolve().parents[1] / "recipes" / "reproduce.yaml")
     assert set(repro.tasks) == {"qa", "convsearch", "chat", "lrlm", "icl", "tool"}
     assert {"full", "no_llm_reward", "no_instructions", "no_homogeneous", "kl_not_stabilized"} <= set(repro.variants)
+
+
+def test_variant_task_subset(tmp_path, data_dir, monkeypatch, capsys):
+    """A variant's ``tasks`` key trains it on a subset (w/o LLM reward: labelled tasks only); bad subsets fail early."""
+    toy = data_dir / "toy"
+    tasks = {t: {"train": str(toy / f"{t}.jsonl"), "dev": str(toy / f"{t}.jsonl")} for t in ("tool", "convsearch")}
+    variants = {"full": {}, "no_llm_reward": {"hard_labels": True, "tasks": ["tool"]}}
+    config = load_config(_recipe(tmp_path, data_dir, tasks=tasks, variants=variants))
+    seen: dict[str, tuple[dict, dict]] = {}
+
+    def fake_train(config, variant, overrides, data, out):
+        seen[variant] = (overrides, data)
+        return {"variant": variant, "model": str(out)}
+
+    monkeypatch.setattr("llm_embedder.pipeline.training.train_variant", fake_train)
+    Pipeline(config, log=lambda _: None).train()
+    assert set(seen["full"][1]) == {"tool", "convsearch"} and seen["full"][0] == {}
+    assert set(seen["no_llm_reward"][1]) == {"tool"} and seen["no_llm_reward"][0] == {"hard_labels": True}
+
+    bad = _recipe(tmp_path, data_dir, tasks=tasks, variants={"full": {}, "x": {"tasks": ["chat"]}})
+    assert main(["pipeline", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "variants.x.tasks must be a non-empty list of the recipe's tasks" in err

@@ -83,7 +83,8 @@ class PipelineConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    #: name -> training overrides; "full" is the complete recipe, others are ablations (paper Table 4)
+    #: name -> training overrides; "full" is the complete recipe, others are ablations (paper Table 4). The key
+    #: ``tasks`` (a list) trains that variant on a subset of the tasks, e.g. w/o LLM reward on the labelled ones only
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"full": {}})
     #: folder the relative data paths are resolved against (the recipe file's folder)
     base_dir: str = "."
@@ -138,4 +139,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     config.base_dir = str(path.parent)
     if "full" not in config.variants:
         raise UserError(f"{where}: 'variants' must include 'full' (the complete recipe)")
+    for name, overrides in config.variants.items():
+        subset = (overrides or {}).get("tasks")
+        if subset is not None and (not isinstance(subset, list) or not subset or not set(subset) <= set(config.tasks)):
+            raise UserError(
+                f"{where}: variants.{name}.tasks must be a non-empty list of the recipe's tasks "
+                f"({', '.join(config.tasks)}), got {subset!r}"
+            )
     return config

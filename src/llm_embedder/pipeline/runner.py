@@ -22,7 +22,9 @@ from llm_embedder.tasks.registry import TASKS
 class Pipeline:
     """One run of a recipe in ``config.output_dir``."""
 
-    def __init__(self, config: PipelineConfig, *, log: Callable[[str], None] = print, device: str | None = None) -> None:
+    def __init__(
+        self, config: PipelineConfig, *, log: Callable[[str], None] = print, device: str | None = None
+    ) -> None:
         self.config = config
         self.root = Path(config.output_dir)
         self.tracker = StageTracker(self.root, log=log)
@@ -95,11 +97,17 @@ class Pipeline:
         from llm_embedder.pipeline.training import train_variant
 
         models = {}
-        for variant, overrides in self.config.variants.items():
+        for variant, variant_config in self.config.variants.items():
             out = self.root / "models" / variant
-            data = {task: str(self.data_file(task, "train")) for task in self.config.tasks}
+            overrides = {k: v for k, v in (variant_config or {}).items() if k != "tasks"}
+            tasks = (variant_config or {}).get("tasks") or list(self.config.tasks)
+            data = {task: str(self.data_file(task, "train")) for task in tasks}
             fp = self.config.fingerprint(
-                self.config.train, overrides, self.config.encoder, self.config.seed, {t: _file_stamp(Path(p)) for t, p in data.items()}
+                self.config.train,
+                overrides,
+                self.config.encoder,
+                self.config.seed,
+                {t: _file_stamp(Path(p)) for t, p in data.items()},
             )
             self.tracker.run(
                 f"train-{variant}",
@@ -114,13 +122,21 @@ class Pipeline:
         from llm_embedder.evaluation.runner import evaluate
 
         cfg = self.config.eval
-        retrievers = [*cfg.retrievers, f"base={self.config.encoder}"] + [f"{name}={path}" for name, path in models.items()]
+        retrievers = [*cfg.retrievers, f"base={self.config.encoder}"] + [
+            f"{name}={path}" for name, path in models.items()
+        ]
         results = {}
         for task, data in self.config.tasks.items():
             dev = self.data_file(task, "dev")
             built = self.tracker.state_dir / f"build-{task}.json"
             corpus = _built_corpus(built) or (str(self.config.resolve(data.corpus)) if data.corpus else None)
-            fp = self.config.fingerprint(cfg, retrievers, _file_stamp(dev), self.config.lm, [_file_stamp(Path(p) / "model.safetensors") for p in models.values()])
+            fp = self.config.fingerprint(
+                cfg,
+                retrievers,
+                _file_stamp(dev),
+                self.config.lm,
+                [_file_stamp(Path(p) / "model.safetensors") for p in models.values()],
+            )
 
             def work(task: str = task, dev: Path = dev, corpus: str | None = corpus) -> dict[str, Any]:
                 result = evaluate(
@@ -148,7 +164,9 @@ class Pipeline:
         wanted = stages or ["build", "score", "train", "eval"]
         unknown = set(wanted) - {"build", "score", "train", "eval"}
         if unknown:
-            raise UserError(f"unknown stage(s) {', '.join(sorted(unknown))}", hint="choose from build, score, train, eval")
+            raise UserError(
+                f"unknown stage(s) {', '.join(sorted(unknown))}", hint="choose from build, score, train, eval"
+            )
         started = time.perf_counter()
         self.root.mkdir(parents=True, exist_ok=True)
         if "build" in wanted:
@@ -159,7 +177,9 @@ class Pipeline:
         if "train" in wanted:
             models = self.train()
         else:
-            models = {v: str(self.root / "models" / v) for v in self.config.variants if (self.root / "models" / v).is_dir()}
+            models = {
+                v: str(self.root / "models" / v) for v in self.config.variants if (self.root / "models" / v).is_dir()
+            }
         summary: dict[str, Any] = {}
         if "eval" in wanted:
             results = self.evaluate(models)

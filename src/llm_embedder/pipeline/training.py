@@ -2,7 +2,9 @@
 
 A variant is the recipe's ``train`` section plus a few overrides in the trainer's own flag names, e.g.
 ``{hard_labels: true}`` (w/o LLM reward), ``{use_instructions: false}`` (w/o instructions), ``{mixed_batches: true}``
-(w/o homogeneous in-batch negatives) or ``{distillation: kl}`` (KL instead of stabilized distillation).
+(w/o homogeneous in-batch negatives) or ``{distillation: kl}`` (KL instead of stabilized distillation). The
+pipeline takes one more key out before the trainer sees the rest: ``tasks``, the subset of tasks the variant trains
+on. w/o LLM reward needs it: chat, lrlm and icl have no dataset labels, only the LLM's rewards.
 """
 
 from __future__ import annotations
