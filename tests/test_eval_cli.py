@@ -340,3 +340,15 @@ def test_eval_with_the_bundled_lm(data_dir, tmp_path, capsys):
     assert results["lm"] == "smollm2"
     for name in ("none", "recency"):
         assert 1.0 < results["results"][name]["perplexity"] < 500.0
+
+
+def test_downstream_limit_gives_the_llm_the_first_records(data_dir, tiny_lm_dir):
+    """downstream_limit=N: the LLM sees the first N records (same numbers as limit=N), retrieval uses them all."""
+    from llm_embedder.evaluation.runner import evaluate
+
+    dev = data_dir / "tasks/chat/dev.jsonl"
+    kwargs = {"lm": str(tiny_lm_dir), "show_progress": False}
+    part = evaluate("chat", dev, ["recency"], limit=4, downstream_limit=2, **kwargs)
+    small = evaluate("chat", dev, ["recency"], limit=2, **kwargs)
+    assert part["n_records"] == 4 and part["n_downstream_records"] == 2
+    assert part["results"]["recency"]["perplexity"] == pytest.approx(small["results"]["recency"]["perplexity"])

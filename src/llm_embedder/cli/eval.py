@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--candidates-only", action="store_true", help="rank each record's candidates even with --corpus"
     )
     parser.add_argument("--no-downstream", action="store_true", help="retrieval metrics only (no LLM)")
+    parser.add_argument(
+        "--downstream-limit", type=int, default=None, help="give the LLM only the first N evaluated records"
+    )
     parser.add_argument("--key-template", default=None, help="render corpus rows with this template, e.g. '{text}'")
     parser.add_argument("-o", "--output", default=None, metavar="OUT_DIR", help="write <task>.json/.md/.png here")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         candidates_only=args.candidates_only,
         downstream=not args.no_downstream,
+        downstream_limit=args.downstream_limit,
         key_template=args.key_template,
         lm_dtype=args.lm_dtype,
         device=args.device,

@@ -104,6 +104,7 @@ def evaluate(
     max_new_tokens: int = 16,
     candidates_only: bool = False,
     downstream: bool = True,
+    downstream_limit: int | None = None,
     key_template: str | None = None,
     lm_dtype: str = "fp32",
     device: str | None = None,
@@ -125,6 +126,8 @@ def evaluate(
         max_prompt_tokens: prompt budget; the least relevant keys are dropped or cut first, never the target.
         candidates_only: rank the records' own candidates even when a corpus is given.
         downstream: False skips the LLM (retrieval metrics only).
+        downstream_limit: give the LLM only the first N of the evaluated records (retrieval metrics still use all
+            of them): the LLM is the expensive part, the retrieval metrics want many records.
         key_template: render corpus rows with this instead of the task's ``key_template``.
 
     Returns:
@@ -139,6 +142,8 @@ def evaluate(
     )
     if settings.top_k is not None and settings.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {settings.top_k}")
+    if downstream_limit is not None and downstream_limit < 1:
+        raise UserError(f"--downstream-limit must be at least 1, got {downstream_limit}")
     if settings.max_prompt_tokens < 16:
         raise UserError(f"--max-prompt-tokens must be at least 16, got {settings.max_prompt_tokens}")
     evaluator: DownstreamEvaluator = evaluator_cls(spec, settings)
@@ -153,8 +158,9 @@ def evaluate(
     if not records:
         raise UserError(f"{data_name}: no records to evaluate")
     run_downstream = downstream and evaluator.needs_lm
+    lm_records = records[:downstream_limit]
     if run_downstream:
-        evaluator.check_records(records)
+        evaluator.check_records(lm_records)
         if lm is None or isinstance(lm, (str, os.PathLike)):
             from llm_embedder.lm.loading import resolve_lm
 
@@ -209,7 +215,8 @@ def evaluate(
                 show_progress,
                 f"[eval {spec.name}] {retriever.name}: {evaluator.name} evaluation with {language_model.name}",
             )
-            downstream_metrics = evaluator.evaluate(records, outcomes[retriever.name].keys, language_model)
+            keys = outcomes[retriever.name].keys[:downstream_limit]
+            downstream_metrics = evaluator.evaluate(lm_records, keys, language_model)
             results[retriever.name] = {**downstream_metrics, **results[retriever.name]}
             details[retriever.name]["downstream_seconds"] = round(time.perf_counter() - t0, 2)
 
@@ -228,6 +235,7 @@ def evaluate(
         "top_k": evaluator.top_k,
         "max_prompt_tokens": settings.max_prompt_tokens,
         "limit": limit,
+        "n_downstream_records": len(lm_records) if run_downstream else 0,
         "sample": sample,
         "seed": seed,
         "retrievers": labels,

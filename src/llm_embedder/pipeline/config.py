@@ -69,6 +69,7 @@ class EvalConfig:
     limit: int | None = None
     #: run the LLM-based downstream metrics (perplexity, accuracy ...) besides retrieval metrics
     downstream: bool = True
+    #: give the LLM only the first N of the `limit` records (retrieval metrics use all of them)
     downstream_limit: int | None = None
 
 

@@ -149,6 +149,7 @@ class Pipeline:
                     sample="random",
                     seed=self.config.seed,
                     downstream=cfg.downstream,
+                    downstream_limit=cfg.downstream_limit,
                     device=self.device,
                 )
                 write_report(result, self.root / "eval", stem=task)
