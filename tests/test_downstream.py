@@ -7,7 +7,6 @@ code path (prompt fitting, batching, generation, metric pooling) runs exactly as
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,37 +36,10 @@ from llm_embedder.evaluation.runner import evaluate, retrieval_depth, select_rec
 from llm_embedder.tasks.registry import TASKS
 
 
-def make_tiny_lm(folder: Path | None = None) -> LanguageModel:
-    """A 2-layer random Llama with the bundled SmolLM2 tokenizer (saved to ``folder`` when given)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from llm_embedder.lm.loading import resolve_lm
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_lm(None))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
-    if folder is not None:
-        model.save_pretrained(str(folder))
-        tokenizer.save_pretrained(str(folder))
-    return LanguageModel(model, tokenizer, name="tiny-llama")
-
-
 @pytest.fixture(scope="module")
 def tiny_lm() -> LanguageModel:
+    from lm_helpers import make_tiny_lm
+
     return make_tiny_lm()
 
 

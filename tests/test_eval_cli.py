@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from llm_embedder.cli.main import main
 from llm_embedder.tasks.registry import TASKS
@@ -19,26 +18,10 @@ from llm_embedder.tasks.registry import TASKS
 @pytest.fixture(scope="module")
 def tiny_lm_dir(tmp_path_factory) -> Path:
     """A 2-layer random Llama + the bundled SmolLM2 tokenizer, saved as an LM folder for ``--lm``."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from llm_embedder.lm.loading import resolve_lm
+    from lm_helpers import make_tiny_lm
 
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_lm(None))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
+    make_tiny_lm(folder)
     return folder
 
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from llm_embedder.data.records import Record
 from llm_embedder.evaluation.downstream.base import RetrievedKey
 from llm_embedder.evaluation.downstream.perplexity import PerplexityEvaluator
-from llm_embedder.evaluation.downstream.prompting import select_keys, token_lengths
+from llm_embedder.evaluation.downstream.prompting import chronological_context
 
 
 class ChatEvaluator(PerplexityEvaluator):
@@ -23,16 +23,4 @@ class ChatEvaluator(PerplexityEvaluator):
 
     def build_context(self, tokenizer: Any, record: Record, keys: Sequence[RetrievedKey]) -> str:
         turn = self.turn_template.format(query=record.query.strip())
-        if not keys:
-            return turn
-        fixed = token_lengths(tokenizer, [turn])[0]
-        kept = select_keys(
-            tokenizer,
-            [k.text.strip() for k in keys],
-            budget=self.settings.max_prompt_tokens,
-            fixed_tokens=fixed,
-            keep="end",
-        )
-        # chronological order reads like a conversation; relevance decided only what was kept
-        kept.sort(key=lambda item: keys[item[0]].position)
-        return "\n".join([text for _, text in kept] + [turn])
+        return chronological_context(tokenizer, keys, turn, budget=self.settings.max_prompt_tokens, separator="\n")

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from llm_embedder.data.records import Record
 from llm_embedder.evaluation.downstream.base import RetrievedKey
 from llm_embedder.evaluation.downstream.perplexity import PerplexityEvaluator
-from llm_embedder.evaluation.downstream.prompting import select_keys, token_lengths
+from llm_embedder.evaluation.downstream.prompting import chronological_context
 
 
 class LRLMEvaluator(PerplexityEvaluator):
@@ -25,15 +25,6 @@ class LRLMEvaluator(PerplexityEvaluator):
 
     def build_context(self, tokenizer: Any, record: Record, keys: Sequence[RetrievedKey]) -> str:
         query = record.query.strip()
-        if not keys:
-            return query
-        fixed = token_lengths(tokenizer, [query])[0]
-        kept = select_keys(
-            tokenizer,
-            [k.text.strip() for k in keys],
-            budget=self.settings.max_prompt_tokens,
-            fixed_tokens=fixed,
-            keep="end",
+        return chronological_context(
+            tokenizer, keys, query, budget=self.settings.max_prompt_tokens, separator=self.chunk_separator
         )
-        kept.sort(key=lambda item: keys[item[0]].position)
-        return self.chunk_separator.join([text for _, text in kept] + [query])

@@ -9,7 +9,10 @@ i.e. it dropped the most relevant ones - method.md section 8.)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from llm_embedder.evaluation.downstream.base import RetrievedKey
 
 #: tokens held back for what joint tokenisation may add over the sum of the parts (BOS, merges at joins)
 SLACK_TOKENS = 4
@@ -85,3 +88,25 @@ def score(lm: Any, requests: Sequence[Any], settings: Any, desc: str) -> tuple[A
         show_progress=settings.show_progress,
         desc=desc,
     )
+
+
+def chronological_context(
+    tokenizer: Any, keys: Sequence[RetrievedKey], tail: str, *, budget: int, separator: str = "\n"
+) -> str:
+    """The most relevant ``keys`` that fit in ``budget`` next to ``tail``, in their original order, then ``tail``.
+
+    For the memory scenarios (chat turns, lrlm chunks): relevance decides which keys are kept, their position in
+    the conversation or document decides how they read. A key that overflows is cut from its start (its end is
+    nearest to ``tail``).
+    """
+    if not keys:
+        return tail
+    kept = select_keys(
+        tokenizer,
+        [k.text.strip() for k in keys],
+        budget=budget,
+        fixed_tokens=token_lengths(tokenizer, [tail])[0],
+        keep="end",
+    )
+    kept.sort(key=lambda item: keys[item[0]].position)
+    return separator.join([text for _, text in kept] + [tail])
