@@ -36,30 +36,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _chat_eval(data_dir: Path, *extra: str) -> int:
+    """``llm-embedder eval`` on chat dev with the none and recency baselines, quiet, plus ``extra`` options."""
+    dev = str(data_dir / "tasks/chat/dev.jsonl")
+    return main(["eval", "--task", "chat", "--data", dev, "-r", "none", "-r", "recency", "--quiet", *extra])
+
+
 def test_eval_writes_table_json_and_png(data_dir, tiny_lm_dir, tmp_path, capsys):
     out = tmp_path / "report"
-    rc = main(
-        [
-            "eval",
-            "--task",
-            "chat",
-            "--data",
-            str(data_dir / "tasks/chat/dev.jsonl"),
-            "-r",
-            "none",
-            "-r",
-            "recency",
-            "-r",
-            "lucky=random",
-            "--lm",
-            str(tiny_lm_dir),
-            "--limit",
-            "3",
-            "-o",
-            str(out),
-            "--quiet",
-        ]
-    )
+    rc = _chat_eval(data_dir, "-r", "lucky=random", "--lm", str(tiny_lm_dir), "--limit", "3", "-o", str(out))
     printed = capsys.readouterr().out
     assert rc == 0
     assert "| retriever | perplexity ↓ |" in printed
@@ -298,26 +283,7 @@ def test_unseen_tasks_from_a_task_file(tiny_lm_dir, tmp_path, capsys, isolated_t
 
 def test_eval_with_the_bundled_lm(data_dir, tmp_path, capsys):
     """The real SmolLM2 on 2 chat records: the numbers are perplexities of a real LM (finite, modest)."""
-    rc = main(
-        [
-            "eval",
-            "--task",
-            "chat",
-            "--data",
-            str(data_dir / "tasks/chat/dev.jsonl"),
-            "-r",
-            "none",
-            "-r",
-            "recency",
-            "--limit",
-            "2",
-            "--max-prompt-tokens",
-            "256",
-            "-o",
-            str(tmp_path),
-            "--quiet",
-        ]
-    )
+    rc = _chat_eval(data_dir, "--limit", "2", "--max-prompt-tokens", "256", "-o", str(tmp_path))
     assert rc == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "chat.json").read_text())
     assert results["lm"] == "smollm2"

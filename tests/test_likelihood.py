@@ -27,21 +27,10 @@ def tokenizer():
 
 def tiny_lm(vocab_size: int, **overrides):
     """A randomly initialised 2-layer Llama: quality is irrelevant here, the arithmetic is what is checked."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from lm_helpers import tiny_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        **overrides,
-    )
-    return LlamaForCausalLM(config).eval()
+    shape = {"num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024}
+    return tiny_llama(vocab_size, **{**shape, "tie_word_embeddings": False, **overrides})
 
 
 def naive_score(model, request: ScoringRequest) -> tuple[float, int]:
