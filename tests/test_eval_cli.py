@@ -78,6 +78,7 @@ def _bad_record_file(tmp_path: Path) -> Path:
         ("missing_encoder", "encoder folder ./no/such/encoder not found"),
         ("duplicate_retriever", "retriever 'bm25' given twice"),
         ("bad_limit", "--limit must be at least 1"),
+        ("bad_downstream_limit", "--downstream-limit must be at least 1"),
         ("missing_lm", "LM folder ./no/such/lm not found"),
         ("bad_task_file", "unknown downstream scenario 'poetry'"),
     ],
@@ -115,6 +116,7 @@ def test_bad_input_is_one_line_exit_2(case, expected, data_dir, tiny_lm_dir, tmp
         "missing_encoder": ["--task", "chat", "--data", chat, "-r", "./no/such/encoder", *lm],
         "duplicate_retriever": ["--task", "chat", "--data", chat, "-r", "bm25", "-r", "bm25", *lm],
         "bad_limit": ["--task", "chat", "--data", chat, "-r", "none", "--limit", "0", *lm],
+        "bad_downstream_limit": ["--task", "chat", "--data", chat, "-r", "none", "--downstream-limit", "0", *lm],
         "missing_lm": ["--task", "chat", "--data", chat, "-r", "none", "--lm", "./no/such/lm", "--limit", "2"],
         "bad_task_file": [
             "--task",

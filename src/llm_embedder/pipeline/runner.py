@@ -99,8 +99,8 @@ class Pipeline:
         models = {}
         for variant, variant_config in self.config.variants.items():
             out = self.root / "models" / variant
-            overrides = {k: v for k, v in (variant_config or {}).items() if k != "tasks"}
-            tasks = (variant_config or {}).get("tasks") or list(self.config.tasks)
+            overrides = dict(variant_config or {})
+            tasks = overrides.pop("tasks", None) or list(self.config.tasks)
             data = {task: str(self.data_file(task, "train")) for task in tasks}
             fp = self.config.fingerprint(
                 self.config.train,
