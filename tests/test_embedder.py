@@ -16,6 +16,7 @@ import pytest
 from llm_embedder import LLMEmbedder, UserError
 from llm_embedder.model import loading
 from llm_embedder.model.embedder import CONFIG_NAME
+from llm_embedder.model.truncation import keep_tail, text_budget
 from llm_embedder.tasks.registry import builtin_registry
 from llm_embedder.tasks.spec import TaskSpec
 
@@ -82,6 +83,81 @@ def test_max_length_truncates_per_side(embedder, monkeypatch):
     monkeypatch.setattr(embedder, "query_max_length", 12)
     np.testing.assert_allclose(embedder.encode_queries([TEXTS[3]], task="qa"), explicit, atol=1e-6)
     assert embedder.max_length("query") == 12 and embedder.max_length("key") == embedder.key_max_length != 12
+
+
+def test_left_truncation_keeps_the_end_of_the_query_and_the_whole_instruction(embedder):
+    """convsearch queries are whole conversations that end with the question: a long one keeps its last tokens."""
+    assert embedder.task("convsearch").query_truncation == "left" and embedder.task("qa").query_truncation == "right"
+    tokenizer = embedder.model.tokenizer
+    instruction = embedder.instruction("convsearch", "query")
+    conversation = TEXTS[3] + " Speaker 1: where does the north saskatchewan river end?"
+    [fitted] = embedder.fit_texts([conversation], "convsearch", "query", 24)
+    assert conversation.endswith(fitted) and len(fitted) < len(conversation)
+    ids = tokenizer(instruction + fitted)["input_ids"]
+    assert len(ids) == 24, "the instruction, the special tokens and the text's tail fill the budget exactly"
+    prompt_ids = tokenizer(instruction, add_special_tokens=False)["input_ids"]
+    text_ids = tokenizer(conversation, add_special_tokens=False)["input_ids"]
+    kept = 24 - 2 - len(prompt_ids)
+    assert ids == [tokenizer.cls_token_id, *prompt_ids, *text_ids[-kept:], tokenizer.sep_token_id]
+    # what encode does: a different START of the conversation no longer matters, a different end does
+    vec = embedder.encode_queries([conversation], task="convsearch", max_length=24)
+    other_start = embedder.encode_queries(["Some other opening. " + conversation], task="convsearch", max_length=24)
+    np.testing.assert_allclose(vec, other_start, atol=1e-6)
+    other_end = embedder.encode_queries([conversation + " And the source?"], task="convsearch", max_length=24)
+    assert _cos(vec, other_end)[0] < 0.999
+    raw = embedder.model.encode([instruction + fitted], normalize_embeddings=True)
+    np.testing.assert_allclose(vec, raw, atol=1e-6)
+    # keys, right-truncated tasks and short queries are left alone
+    assert embedder.fit_texts([conversation], "convsearch", "key", 24) == [conversation]
+    assert embedder.fit_texts([conversation], "qa", "query", 24) == [conversation]
+    assert embedder.fit_texts(TEXTS[:1], "convsearch", "query", 24) == TEXTS[:1]
+
+
+@pytest.mark.parametrize("tasks", [("convsearch", "convsearch"), ("convsearch", "qa")])
+def test_training_collator_cuts_queries_as_encode_does(embedder, tasks):
+    """Training inputs = retrieval inputs, for a homogeneous and for a mixed batch."""
+    import torch
+
+    from llm_embedder.training.collator import GroupCollator
+
+    long_query = TEXTS[3] + " Speaker 1: where does it end?"
+    items = [
+        {"dataset": t, "task": t, "query": long_query, "keys": TEXTS[:2], "teacher_scores": None, "id": str(i)}
+        for i, t in enumerate(tasks)
+    ]
+    collator = GroupCollator(
+        embedder.model.preprocess,
+        instruction=embedder.instruction,
+        task_names=["convsearch", "qa"],
+        query_max_length=24,
+        key_max_length=24,
+        fit_texts=embedder.fit_texts,
+    )
+    batch = collator(items)
+    rows = batch["query_input_ids"][batch["label"]["query_order"]]
+    for row, task in zip(rows, tasks, strict=True):
+        [text] = embedder.fit_texts([long_query], task, "query", 24)
+        expected = embedder.model.preprocess([text], prompt=embedder.instruction(task, "query"), max_length=24)
+        ids = expected["input_ids"][0]
+        assert torch.equal(row[: len(ids)], ids)
+    if tasks == ("convsearch", "qa"):
+        assert not torch.equal(rows[0], rows[1]), "qa keeps the start, convsearch the end"
+
+
+def test_keep_tail_edges(embedder):
+    tokenizer = embedder.model.tokenizer
+    assert keep_tail(["a b c d", "", "e"], tokenizer, 2) == ["c d", "", "e"]
+    assert keep_tail(["a b c d"], tokenizer, 0) == [""]
+    assert keep_tail([], tokenizer, 3) == []
+    assert text_budget(tokenizer, 10, None) == 8 and text_budget(tokenizer, 3, "one two three") == 0
+    slow = type("SlowTokenizer", (), {"is_fast": False})()
+    with pytest.raises(UserError, match="needs a fast tokenizer"):
+        keep_tail(["a b"], slow, 1)
+
+
+def test_a_task_with_a_bad_truncation_side_is_one_line():
+    with pytest.raises(UserError, match="field 'query_truncation' is 'middle'"):
+        TaskSpec.from_dict("mine", {"query_instruction": "q: ", "key_instruction": "k: ", "query_truncation": "middle"})
 
 
 @pytest.mark.parametrize(
@@ -297,6 +373,8 @@ def test_onnx_fp32_matches_torch(embedder, onnx_embedder, onnx_cache):
         assert np.abs(got - expected).max() < 1e-4
     truncated = onnx_embedder.encode_keys(TEXTS, task="qa", max_length=16)
     assert np.abs(truncated - embedder.encode_keys(TEXTS, task="qa", max_length=16)).max() < 1e-4
+    tail = onnx_embedder.encode_queries(TEXTS, task="convsearch", max_length=16)  # left truncation
+    assert np.abs(tail - embedder.encode_queries(TEXTS, task="convsearch", max_length=16)).max() < 1e-4
 
 
 def test_onnx_int8_close_to_fp32(embedder, onnx_cache):

@@ -19,6 +19,7 @@ import torch
 
 from llm_embedder.errors import UserError
 from llm_embedder.model.loading import resolve_model_path
+from llm_embedder.model.truncation import keep_tail, text_budget
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 from llm_embedder.tasks.spec import TaskSpec
 from llm_embedder.utils.files import write_json
@@ -221,6 +222,19 @@ class LLMEmbedder:
     def max_length(self, side: Side) -> int:
         return self.query_max_length if side == "query" else self.key_max_length
 
+    def fit_texts(self, texts: list[str], task: str, side: Side, max_length: int | None = None) -> list[str]:
+        """``texts`` cut the way ``task`` wants for ``max_length`` tokens (default: the side's budget).
+
+        Only a task with ``query_truncation: left`` changes anything: its queries keep their last tokens and the
+        instruction stays whole (:mod:`llm_embedder.model.truncation`). Everything else is cut from the right by
+        the tokenizer as usual. The training collator calls this too, so training and retrieval see one input.
+        """
+        if side != "query" or self.task(task).query_truncation != "left":
+            return texts
+        tokenizer = self.model.tokenizer
+        budget = text_budget(tokenizer, max_length or self.max_length(side), self.instruction(task, side))
+        return keep_tail(texts, tokenizer, budget)
+
     # ------------------------------------------------------------------ encoding
     def encode(
         self,
@@ -252,6 +266,7 @@ class LLMEmbedder:
             show_progress_bar = len(texts) >= PROGRESS_THRESHOLD
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        texts = self.fit_texts(texts, task, side, length)
         if self._fast is not None:
             out = self._fast.encode(
                 [prefix + t for t in texts],

@@ -18,6 +18,7 @@ RewardKind = Literal["template", "lrlm", "none"]
 LossName = Literal["stabilized_distillation", "kl_distillation", "contrastive"]
 PositiveSampling = Literal["first", "random", "teacher"]
 NegativeSampling = Literal["random", "first", "teacher"]
+TruncationSide = Literal["right", "left"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "candidates": ("pos_neg", "history"),
@@ -25,6 +26,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "training.loss": ("stabilized_distillation", "kl_distillation", "contrastive"),
     "training.positive": ("first", "random", "teacher"),
     "training.negatives": ("random", "first", "teacher"),
+    "query_truncation": ("right", "left"),
 }
 
 
@@ -76,6 +78,9 @@ class TaskSpec:
     description: str = ""
     key_template: str = "{text}"
     candidates: CandidateSource = "pos_neg"
+    #: which end of a too-long query is cut: ``right`` (the usual) or ``left`` - keep the END, for queries whose
+    #: last part matters most (a conversation that ends with the question being searched for)
+    query_truncation: TruncationSide = "right"
     reward: RewardSpec = field(default_factory=RewardSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
@@ -120,6 +125,7 @@ class TaskSpec:
             "training.loss": self.training.loss,
             "training.positive": self.training.positive,
             "training.negatives": self.training.negatives,
+            "query_truncation": self.query_truncation,
         }
         for key, value in values.items():
             if value not in _CHOICES[key]:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 
 Instruction = Callable[[str, str], str]
+#: ``(texts, task, side, max_length) -> texts``: the embedder's per-task truncation (``LLMEmbedder.fit_texts``)
+FitTexts = Callable[[list[str], str, str, int], list[str]]
 
 
 def sort_by_length(features: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
@@ -46,6 +48,8 @@ class GroupCollator:
     instruction: ``(task, side) -> text`` prepended to inputs (``""`` when instructions are off).
     task_names: task order of the loss (the label's task ids index it).
     query_max_length / key_max_length: token budgets per side.
+    fit_texts: the per-task truncation of ``LLMEmbedder.fit_texts`` (queries that keep their end), so a
+        training input is cut exactly as the same text is at retrieval time; ``None``: the tokenizer's cut only.
     """
 
     def __init__(
@@ -56,14 +60,28 @@ class GroupCollator:
         task_names: Sequence[str],
         query_max_length: int,
         key_max_length: int,
+        fit_texts: FitTexts | None = None,
     ) -> None:
         self.preprocess_fn = preprocess_fn
+        self.fit_texts = fit_texts
         self.instruction = instruction
         self.task_names = list(task_names)
         self.query_max_length = query_max_length
         self.key_max_length = key_max_length
 
+    def _fit(self, texts: list[str], tasks: list[str], side: str, max_length: int) -> list[str]:
+        if self.fit_texts is None:
+            return texts
+        out = list(texts)
+        for task in dict.fromkeys(tasks):
+            rows = [i for i, t in enumerate(tasks) if t == task]
+            fitted = self.fit_texts([texts[i] for i in rows], task, side, max_length)
+            for i, text in zip(rows, fitted, strict=True):
+                out[i] = text
+        return out
+
     def _encode(self, texts: list[str], tasks: list[str], side: str, max_length: int) -> dict[str, Any]:
+        texts = self._fit(texts, tasks, side, max_length)
         if len(set(tasks)) == 1:
             prompt = self.instruction(tasks[0], side) or None
             return self.preprocess_fn(texts, prompt=prompt, max_length=max_length)

@@ -299,6 +299,7 @@ def train(
         task_names=loss.task_names,
         query_max_length=config.model.query_max_length,
         key_max_length=config.model.key_max_length,
+        fit_texts=embedder.fit_texts,
     )
     steps_share = sampler.steps_per_dataset()
     _say(

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Retrieval-only evaluation of a trained model against the base encoder and BM25 on the six dev sets that
+# `llm-embedder pipeline recipes/reproduce.yaml` built and scored, on the same records as that pipeline (first
+# 100 of a seeded shuffle). Used for the training check in docs/results.md:
+#   llm-embedder train --config recipes/six-task-train.yaml -o runs/six-task
+#   recipes/six-task-eval.sh runs/six-task [EXTRA_RETRIEVER_SPEC ...]
+# Writes runs/six-task/eval/<task>.{json,md,png}; ~10 min on 2 CPU cores. TASKS="icl tool" picks tasks.
+set -euo pipefail
+model=${1:?usage: six-task-eval.sh MODEL_DIR [LABEL=SPEC ...]}
+shift
+data=${REPRODUCE_DIR:-runs/reproduce}/data
+shared=${SHARED_DATA:-../shared/data/tasks}
+cli=${LLM_EMBEDDER:-llm-embedder}
+extra=()
+for spec in "$@"; do extra+=(-r "$spec"); done
+for task in ${TASKS:-qa convsearch chat lrlm icl tool}; do
+  dev=$data/$task/dev.scored.jsonl
+  [[ -f $dev ]] || dev=$data/$task/dev.jsonl
+  corpus=()  # as in recipes/reproduce.yaml: qa, convsearch and tool retrieve from a corpus, the others rank
+  case $task in qa | convsearch | tool) corpus=(--corpus "$shared/$task/corpus.jsonl") ;; esac  # own candidates
+  "$cli" eval --task "$task" --data "$dev" "${corpus[@]}" -r bm25 -r base=default -r "trained=$model" "${extra[@]}" \
+    --limit 100 --sample random --seed 0 --no-downstream --quiet -o "$model/eval"
+done
