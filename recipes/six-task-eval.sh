@@ -3,7 +3,7 @@
 # `llm-embedder pipeline recipes/reproduce.yaml` built and scored, on the same records as that pipeline (first
 # 100 of a seeded shuffle). Used for the training check in docs/results.md:
 #   llm-embedder train --config recipes/six-task-train.yaml -o runs/six-task
-#   recipes/six-task-eval.sh runs/six-task [EXTRA_RETRIEVER_SPEC ...]
+#   DEV_icl=runs/icl-gemma/dev.scored.jsonl recipes/six-task-eval.sh runs/six-task [EXTRA_RETRIEVER_SPEC ...]
 # Writes runs/six-task/eval/<task>.{json,md,png}; ~10 min on 2 CPU cores. TASKS="icl tool" picks tasks.
 set -euo pipefail
 model=${1:?usage: six-task-eval.sh MODEL_DIR [LABEL=SPEC ...]}
@@ -14,7 +14,8 @@ cli=${LLM_EMBEDDER:-llm-embedder}
 extra=()
 for spec in "$@"; do extra+=(-r "$spec"); done
 for task in ${TASKS:-qa convsearch chat lrlm icl tool}; do
-  dev=$data/$task/dev.scored.jsonl
+  override=DEV_$task  # e.g. DEV_icl=runs/icl-gemma/dev.scored.jsonl: the same records, another teacher's labels
+  dev=${!override:-$data/$task/dev.scored.jsonl}
   [[ -f $dev ]] || dev=$data/$task/dev.jsonl
   corpus=()  # as in recipes/reproduce.yaml: qa, convsearch and tool retrieve from a corpus, the others rank
   case $task in qa | convsearch | tool) corpus=(--corpus "$shared/$task/corpus.jsonl") ;; esac  # own candidates

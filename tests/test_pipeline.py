@@ -89,3 +89,38 @@ def test_variant_task_subset(tmp_path, data_dir, monkeypatch, capsys):
     assert main(["pipeline", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "variants.x.tasks must be a non-empty list of the recipe's tasks" in err
+
+
+def test_a_task_can_have_its_own_teacher(tmp_path, data_dir, monkeypatch):
+    """``teacher:`` scores that task with another LLM (icl: gemma3); the others and the reader keep ``lm``."""
+    toy = data_dir / "toy"
+    tasks = {t: {"train": str(toy / f"{t}.jsonl"), "dev": str(toy / f"{t}.jsonl")} for t in ("chat", "icl")}
+    tasks["icl"]["teacher"] = "strong-lm"
+    config = load_config(_recipe(tmp_path, data_dir, tasks=tasks, lm="reader-lm"))
+    loaded: list[str] = []
+    scored: dict[str, str] = {}
+
+    def fake_load(name, **_):
+        loaded.append(name)
+        return name, None
+
+    class FakeScorer:
+        def __init__(self, model, tokenizer, *, task, **_):
+            self.model, self.task = model, task
+
+    def fake_score_file(src, dst, scorer, options):
+        scored[f"{scorer.task}/{Path(src).stem}"] = scorer.model
+        assert options["lm"] == scorer.model
+        Path(dst).write_text(Path(src).read_text())
+        return {"output": str(dst)}
+
+    monkeypatch.setattr("llm_embedder.lm.loading.load_causal_lm", fake_load)
+    monkeypatch.setattr("llm_embedder.reward.scorer.RewardScorer", FakeScorer)
+    monkeypatch.setattr("llm_embedder.reward.resumable.score_file", fake_score_file)
+    pipeline = Pipeline(config, log=lambda _: None)
+    pipeline.build()
+    pipeline.score()
+    assert {key: lm for key, lm in scored.items() if key.startswith("icl/")} == {"icl/train": "strong-lm"}
+    assert scored["chat/train"] == scored["chat/dev"] == "reader-lm"
+    assert sorted(loaded) == ["reader-lm", "strong-lm"], "each LLM is loaded once"
+    assert pipeline.lm() == ("reader-lm", None)

@@ -35,6 +35,9 @@ class TaskData:
     max_candidates: int | None = None
     #: extra options for the generator (e.g. chunk_tokens for lrlm)
     options: dict[str, Any] = field(default_factory=dict)
+    #: the LLM that scores this task's records instead of the recipe's ``lm`` (a stronger teacher where the
+    #: reader's own preferences are noise, e.g. gemma3 for icl); the downstream reader stays ``lm``
+    teacher: str | None = None
 
 
 @dataclass

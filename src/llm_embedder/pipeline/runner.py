@@ -30,18 +30,19 @@ class Pipeline:
         self.tracker = StageTracker(self.root, log=log)
         self.log = log
         self.device = device
-        self._lm: tuple[Any, Any] | None = None
+        self._lms: dict[str, tuple[Any, Any]] = {}
         for task in config.tasks:
             TASKS.get(task)  # unknown task names fail before any work
 
     # ------------------------------------------------------------------ helpers
-    def lm(self) -> tuple[Any, Any]:
-        """The LLM (loaded once, shared by scoring and evaluation)."""
-        if self._lm is None:
+    def lm(self, name: str | None = None) -> tuple[Any, Any]:
+        """An LLM by name, default the recipe's ``lm`` (each loaded once, shared by scoring and evaluation)."""
+        name = name or self.config.lm
+        if name not in self._lms:
             from llm_embedder.lm.loading import load_causal_lm
 
-            self._lm = load_causal_lm(self.config.lm, dtype=self.config.score.dtype, device=self.device)
-        return self._lm
+            self._lms[name] = load_causal_lm(name, dtype=self.config.score.dtype, device=self.device)
+        return self._lms[name]
 
     def data_file(self, task: str, split: str) -> Path:
         """The scored file when the task has an LLM reward and it was scored, else the built file."""
@@ -70,16 +71,17 @@ class Pipeline:
         from llm_embedder.reward.scorer import RewardScorer
 
         cfg = self.config.score
-        for task in self.config.tasks:
+        for task, data in self.config.tasks.items():
+            teacher = data.teacher or self.config.lm
             for split in ("train", "dev"):
                 if not self.needs_scores(task, split):
                     continue
                 src = self.root / "data" / task / f"{split}.jsonl"
                 dst = self.root / "data" / task / f"{split}.scored.jsonl"
-                fp = self.config.fingerprint(cfg, self.config.lm, _file_stamp(src))
+                fp = self.config.fingerprint(cfg, teacher, _file_stamp(src))
 
-                def work(src: Path = src, dst: Path = dst, task: str = task) -> dict[str, Any]:
-                    model, tokenizer = self.lm()
+                def work(src: Path = src, dst: Path = dst, task: str = task, teacher: str = teacher) -> dict[str, Any]:
+                    model, tokenizer = self.lm(teacher)
                     scorer = RewardScorer(
                         model,
                         tokenizer,
@@ -88,7 +90,7 @@ class Pipeline:
                         token_budget=cfg.token_budget,
                         max_batch_size=cfg.max_batch_size,
                     )
-                    result = score_file(src, dst, scorer, options={"lm": self.config.lm, "dtype": cfg.dtype})
+                    result = score_file(src, dst, scorer, options={"lm": teacher, "dtype": cfg.dtype})
                     return _jsonable(result)
 
                 self.tracker.run(f"score-{task}-{split}", fp, work)
