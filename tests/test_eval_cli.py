@@ -302,4 +302,8 @@ def test_downstream_limit_gives_the_llm_the_first_records(data_dir, tiny_lm_dir)
     part = evaluate("chat", dev, ["recency"], limit=4, downstream_limit=2, **kwargs)
     small = evaluate("chat", dev, ["recency"], limit=2, **kwargs)
     assert part["n_records"] == 4 and part["n_downstream_records"] == 2
+    from llm_embedder.evaluation.report import render_markdown
+
+    assert "(LLM metrics on the first 2 records)" in render_markdown(part)
+    assert "LLM metrics on the first" not in render_markdown(small)
     assert part["results"]["recency"]["perplexity"] == pytest.approx(small["results"]["recency"]["perplexity"])

@@ -48,6 +48,9 @@ def render_markdown(results: dict[str, Any], *, digits: int = 4) -> str:
     title = f"task `{results['task']}`: {results['n_records']} records"
     if results.get("downstream"):
         title += f", LLM `{results.get('lm')}`, top-{results['top_k']} keys in the prompt"
+        seen = results.get("n_downstream_records")
+        if seen is not None and seen != results["n_records"]:
+            title += f" (LLM metrics on the first {seen} records)"
     pool = "the corpus" if results.get("pool") == "corpus" else "each record's candidates"
     title += f", retrieval from {pool}"
     lines = [title, ""]
