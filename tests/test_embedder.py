@@ -148,6 +148,17 @@ def test_keep_tail_edges(embedder):
     tokenizer = embedder.model.tokenizer
     assert keep_tail(["a b c d", "", "e"], tokenizer, 2) == ["c d", "", "e"]
     assert keep_tail(["a b c d"], tokenizer, 0) == [""]
+    # a cut inside a word moves forward to the next word, so the kept text tokenises as the full text's tail
+    word = "glaciologically"  # g ##la ##cio ##logical ##ly
+    pieces = len(tokenizer(word, add_special_tokens=False)["input_ids"])
+    assert pieces == 5
+    text = f"alpha {word} beta {word}, gamma"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    [kept] = keep_tail([text], tokenizer, pieces + 1)  # the last 6 tokens start at ##la of the second word
+    assert kept == "gamma"
+    kept_ids = tokenizer(kept, add_special_tokens=False)["input_ids"]
+    assert kept_ids == ids[len(ids) - len(kept_ids) :]
+    assert keep_tail([word], tokenizer, 2) != [word], "one word longer than the budget is cut inside"
     assert keep_tail([], tokenizer, 3) == []
     assert text_budget(tokenizer, 10, None) == 8 and text_budget(tokenizer, 3, "one two three") == 0
     slow = type("SlowTokenizer", (), {"is_fast": False})()

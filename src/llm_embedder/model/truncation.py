@@ -27,8 +27,10 @@ def text_budget(tokenizer: Any, max_length: int, prompt: str | None) -> int:
 def keep_tail(texts: Sequence[str], tokenizer: Any, budget: int) -> list[str]:
     """Each text cut from the left to its last ``budget`` tokens (texts that fit are returned unchanged).
 
-    The cut falls at the first character of the first kept token, so re-tokenising the result gives those tokens.
-    Needs a fast tokenizer (character offsets); every sentence-transformers model from the hub has one.
+    The cut falls at the start of a word (after whitespace), moving forward past a word split into several
+    tokens, so re-tokenising the result gives the full text's last tokens (WordPiece; a byte-level BPE may merge
+    the first word differently). One word longer than the budget is cut inside. Needs a fast tokenizer (character
+    offsets); every sentence-transformers model from the hub has one.
     """
     texts = list(texts)
     if not texts:
@@ -47,5 +49,13 @@ def keep_tail(texts: Sequence[str], tokenizer: Any, budget: int) -> list[str]:
         elif budget <= 0:
             out.append("")
         else:
-            out.append(text[offsets[len(offsets) - budget][0] :])
+            out.append(text[offsets[_word_start(offsets, len(offsets) - budget)][0] :])
     return out
+
+
+def _word_start(offsets: Sequence[tuple[int, int]], first: int) -> int:
+    """The first token at or after ``first`` that does not continue the previous token's word (a gap before it)."""
+    for i in range(first, len(offsets)):
+        if i == 0 or offsets[i][0] > offsets[i - 1][1]:
+            return i
+    return first
