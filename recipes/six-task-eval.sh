@@ -8,8 +8,8 @@
 set -euo pipefail
 model=${1:?usage: six-task-eval.sh MODEL_DIR [LABEL=SPEC ...]}
 shift
-data=${REPRODUCE_DIR:-runs/reproduce}/data
-shared=${SHARED_DATA:-../shared/data/tasks}
+run=${REPRODUCE_DIR:-runs/reproduce}
+data=$run/data
 cli=${LLM_EMBEDDER:-llm-embedder}
 extra=()
 for spec in "$@"; do extra+=(-r "$spec"); done
@@ -17,8 +17,11 @@ for task in ${TASKS:-qa convsearch chat lrlm icl tool}; do
   override=DEV_$task  # e.g. DEV_icl=runs/icl-gemma/dev.scored.jsonl: the same records, another teacher's labels
   dev=${!override:-$data/$task/dev.scored.jsonl}
   [[ -f $dev ]] || dev=$data/$task/dev.jsonl
-  corpus=()  # as in recipes/reproduce.yaml: qa, convsearch and tool retrieve from a corpus, the others rank
-  case $task in qa | convsearch | tool) corpus=(--corpus "$shared/$task/corpus.jsonl") ;; esac  # own candidates
+  # the corpus the pipeline's build stage recorded (none: rank each record's own candidates), as its eval does
+  path=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["result"].get("corpus") or "")' \
+    "$run/state/build-$task.json")
+  corpus=()
+  [[ -n $path ]] && corpus=(--corpus "$path")
   "$cli" eval --task "$task" --data "$dev" "${corpus[@]}" -r bm25 -r base=default -r "trained=$model" "${extra[@]}" \
     --limit 100 --sample random --seed 0 --no-downstream --quiet -o "$model/eval"
 done
