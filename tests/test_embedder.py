@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flag_helpers import load_flag_model
 
 from llm_embedder import LLMEmbedder, UserError
 from llm_embedder.model import loading
@@ -230,7 +231,7 @@ def saved_cls(cls_embedder, tmp_path_factory):
 
 @pytest.mark.parametrize(("fixture", "pooling"), [("saved_mean", "mean"), ("saved_cls", "cls")])
 def test_saved_folder_matches_sentence_transformers_and_flagembedding(
-    request, fixture, pooling, embedder, cls_embedder
+    request, fixture, pooling, embedder, cls_embedder, monkeypatch
 ):
     from sentence_transformers import SentenceTransformer
 
@@ -247,9 +248,8 @@ def test_saved_folder_matches_sentence_transformers_and_flagembedding(
     got_keys = st.encode(TEXTS, prompt_name="qa_key", normalize_embeddings=True)
     assert np.abs(got_keys - ours.encode_keys(TEXTS, task="qa")).max() < 1e-5
 
-    from FlagEmbedding import FlagModel
-
-    flag = FlagModel(
+    flag_model = load_flag_model(monkeypatch)
+    flag = flag_model(
         path,
         query_instruction_for_retrieval=ours.instruction("qa", "query"),
         pooling_method=pooling,
