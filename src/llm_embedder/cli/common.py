@@ -34,6 +34,17 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--max-length", type=int, default=None, help="token budget per text (default: the model's)")
+    parser.add_argument(
+        "--instructions",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="prepend the task instructions: auto = only for a model trained with them (default), on, off",
+    )
+
+
+def instructions_flag(args: argparse.Namespace) -> bool | None:
+    """``--instructions`` as ``LLMEmbedder(use_instructions=...)``: auto -> None (the model decides)."""
+    return {"auto": None, "on": True, "off": False}[getattr(args, "instructions", "auto")]
 
 
 def register_modules(sub: argparse._SubParsersAction, package: str, names: tuple[str, ...]) -> None:

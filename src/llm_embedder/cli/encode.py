@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_embedder.cli.common import add_encoder_arguments, add_tasks_file_argument, load_tasks_file
+from llm_embedder.cli.common import add_encoder_arguments, add_tasks_file_argument, instructions_flag, load_tasks_file
 from llm_embedder.data.jsonl import iter_jsonl
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError, UserError
@@ -87,7 +87,12 @@ def run(args: argparse.Namespace) -> int:
     from llm_embedder.model.embedder import LLMEmbedder
 
     embedder = LLMEmbedder(
-        args.model, device=args.device, dtype=args.dtype, backend=args.backend, batch_size=args.batch_size
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        use_instructions=instructions_flag(args),
     )
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     vectors = embedder.encode(texts, task=args.task, side=args.side, max_length=args.max_length, devices=devices)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from llm_embedder.cli.common import add_encoder_arguments, add_tasks_file_argument, load_tasks_file
+from llm_embedder.cli.common import add_encoder_arguments, add_tasks_file_argument, instructions_flag, load_tasks_file
 from llm_embedder.errors import UserError
 from llm_embedder.retrieval.index import INDEX_TYPES, IndexParams
 
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             backend=args.backend,
             batch_size=args.batch_size,
             key_max_length=args.max_length,
+            use_instructions=instructions_flag(args),
         )
     mode = "overwrite" if args.overwrite else "update" if args.update else "create"
     manifest = build_index_folder(

@@ -31,6 +31,10 @@ Backend = Literal["torch", "onnx", "onnx-int8"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: show a progress bar by default from this many texts on
 PROGRESS_THRESHOLD = 1000
+#: hub models known to have been trained with the paper's task instructions (a folder saved by ``train`` says so in
+#: ``llm_embedder.json`` instead). Any other model encodes plain text unless asked: instructions it never saw in
+#: training cost the bundled MiniLM up to two thirds of its nDCG@10 (docs/results.md, "Instructions and the base").
+INSTRUCTION_TRAINED_MODELS = frozenset({"BAAI/llm-embedder"})
 
 
 def _build_sentence_transformer(path: str, device: str | None, pooling: str | None) -> Any:
@@ -93,7 +97,10 @@ class LLMEmbedder:
             ``devices`` (multi-process) applies to the torch backend only.
         query_max_length / key_max_length: token budgets per side (default: the model's max sequence length).
         batch_size: texts per forward pass.
-        use_instructions: prepend the task instructions (on by default; off for the "w/o instruction" ablation).
+        use_instructions: prepend the task instructions. Default (``None``): only for a model trained with them - a
+            folder saved by ``llm-embedder train`` records it, and ``BAAI/llm-embedder`` is known to be - so an
+            untrained base such as the embedded default encodes plain text, as it is meant to be used. ``True``
+            forces them (e.g. to train a base with them), ``False`` turns them off (the "w/o instruction" ablation).
         pooling: override the model's pooling ("cls", "mean", ...); by default as configured by the model.
         tasks: a task registry to use instead of the global one (tasks saved with the model are added to it).
             Without it, tasks registered later with ``register_task`` are found too (and saved with the model).
@@ -136,7 +143,7 @@ class LLMEmbedder:
         self.key_max_length = self._check_length(key_max_length or saved.get("key_max_length") or default_len)
         self.batch_size = _check_batch_size(batch_size)
         self.use_instructions = bool(
-            saved.get("use_instructions", True) if use_instructions is None else use_instructions
+            self.trained_with_instructions(saved) if use_instructions is None else use_instructions
         )
         self.backend = backend
         self._fast: Any = None
@@ -147,6 +154,29 @@ class LLMEmbedder:
             self._fast = OnnxEncoder.from_embedder(self, quantize=backend == "onnx-int8")
 
     # ------------------------------------------------------------------ configuration
+    def trained_with_instructions(self, saved: dict[str, Any]) -> bool:
+        """Whether this model learned the task instructions: its saved record, else the list of known hub models."""
+        if "use_instructions" in saved:
+            return bool(saved["use_instructions"])
+        return self.source in INSTRUCTION_TRAINED_MODELS
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the vectors this embedder makes: same fingerprint, comparable vectors.
+
+        Model source (resolved path or hub id), instruction use, pooling, dtype-independent. A store collection
+        records it and refuses vectors with another one.
+        """
+        pooling = next(
+            (getattr(m, "pooling_mode", None) or type(m).__name__ for m in self.model if "Pooling" in type(m).__name__),
+            "none",
+        )
+        source = self.source
+        path = Path(source).expanduser()
+        if source != "default" and path.exists():
+            source = str(path.resolve())
+        return f"{source}|instructions={'on' if self.use_instructions else 'off'}|pooling={pooling}|dim={self.dim}"
+
     @staticmethod
     def _read_config(path: str) -> dict[str, Any]:
         file = Path(path) / CONFIG_NAME

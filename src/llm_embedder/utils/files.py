@@ -1,14 +1,31 @@
-"""Atomic writes: a killed job never leaves a half-written file that later loads as if it were complete."""
+"""Atomic writes and work-file locks: a killed job never leaves a half-written file that later loads as if it were
+complete, and two jobs never write the same output at once."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from llm_embedder.errors import UserError
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; put it straight back (single call pair, no I/O in between).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _open_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file under the current umask (0644 by default)."""
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -18,6 +35,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp creates 0600 files; a report or model file must be readable as the user's umask says
+        os.fchmod(fd, _open_mode())
         with open(fd, mode, encoding=None if "b" in mode else encoding) as handle:
             yield handle
             handle.flush()
@@ -34,3 +53,40 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     with atomic_write(path) as handle:
         json.dump(obj, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], *, what: str = "output") -> Iterator[Path]:
+    """Hold an exclusive lock on ``path`` (a ``<path>.lock`` file beside it) for the whole block.
+
+    Two jobs writing the same output (two ``score`` runs with one ``-o``, two ``index`` runs into one folder) would
+    interleave their partial files and lose records while both report success, so the second one is refused with one
+    line instead. The lock is an OS-level ``flock``: the kernel releases it when the holder exits, even on kill -9, so
+    a crashed run never leaves a stale lock behind (the ``.lock`` file itself may stay; it is only a handle).
+    """
+    target = Path(path)
+    lock_path = target.with_name(target.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, _open_mode())
+    except OSError as exc:
+        raise UserError(
+            f"{lock_path}: cannot create the lock file for {what}: {exc.strerror}",
+            hint="choose an output path in a folder you can write to",
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise UserError(
+                f"{target}: another run (pid {holder}) is writing this {what}",
+                hint="wait for it to finish, or choose another output path",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock_path
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
