@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +59,7 @@ def test_tasks_command(capsys, tmp_path, restore_tasks):
     for name in ("qa", "convsearch", "chat", "lrlm", "icl", "tool"):
         assert f"{name}: " in out
     assert "'Represent this query for retrieving relevant documents: '" in out
+    assert "Instructions apply only to models trained with them" in out
 
     extra = tmp_path / "tasks.yaml"
     extra.write_text("code:\n  query_instruction: 'Find code for: '\n  key_instruction: 'Code: '\n", encoding="utf-8")
@@ -162,9 +163,13 @@ def fake_embedder(embedder, monkeypatch):
 
     calls: list[dict] = []
 
-    def build(model=None, **kwargs):
+    def build(model=None, use_instructions=None, **kwargs):
         calls.append({"model": model, **kwargs})
-        return embedder
+        if use_instructions is None:
+            return embedder
+        forced = copy.copy(embedder)  # same network, the instruction switch the CLI asked for
+        forced.use_instructions = use_instructions
+        return forced
 
     monkeypatch.setattr(module, "LLMEmbedder", build)
     return calls
@@ -204,7 +209,11 @@ def test_encode_with_a_custom_task_file(tmp_path, embedder, fake_embedder, resto
     source = tmp_path / "q.jsonl"
     source.write_text('{"query": "sort a list", "task": "code"}\n', encoding="utf-8")
     out = tmp_path / "q.npy"
-    assert cli.main(["encode", str(source), "-o", str(out), "--task", "code", "--tasks", str(extra)]) == 0
+    args = ["encode", str(source), "-o", str(out), "--task", "code", "--tasks", str(extra)]
+    assert cli.main([*args, "--instructions", "on"]) == 0
     expected = embedder.model.encode(["Find code for: sort a list"], normalize_embeddings=True)
     np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
-    assert Path(out).is_file()
+    # the untrained default encodes the plain text unless told otherwise
+    assert cli.main(args) == 0
+    plain = embedder.model.encode(["sort a list"], normalize_embeddings=True)
+    np.testing.assert_allclose(np.load(out), plain, atol=1e-6)

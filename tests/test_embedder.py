@@ -33,9 +33,62 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
+def embedder():
+    """The bundled MiniLM with the task instructions forced on: this file tests the instruction machinery itself
+    (the untrained default encodes plain text; see test_default_encodes_plain_text_*)."""
+    return LLMEmbedder(device="cpu", use_instructions=True)
+
+
+@pytest.fixture(scope="module")
 def cls_embedder():
-    """The bundled MiniLM with CLS pooling (how llm-embedder style models pool)."""
-    return LLMEmbedder(device="cpu", pooling="cls")
+    """The bundled MiniLM with CLS pooling (how llm-embedder style models pool), instructions on."""
+    return LLMEmbedder(device="cpu", pooling="cls", use_instructions=True)
+
+
+@pytest.fixture(scope="module")
+def plain_default():
+    """``LLMEmbedder()`` exactly as a user gets it."""
+    return LLMEmbedder(device="cpu")
+
+
+def test_default_encodes_plain_text_like_sentence_transformers(plain_default):
+    """The bundled MiniLM was never trained with the paper's instructions and loses quality with them, so the
+    default encodes the text alone: the same vector plain sentence-transformers gives without a prompt."""
+    from sentence_transformers import SentenceTransformer
+
+    from llm_embedder.model.loading import default_encoder_path
+
+    st = SentenceTransformer(default_encoder_path(), device="cpu")
+    chat = ["Speaker 1: what did we say about the trip to Lisbon?"]
+    assert plain_default.use_instructions is False
+    assert plain_default.instruction("chat", "query") == ""
+    np.testing.assert_allclose(
+        plain_default.encode_queries(chat, task="chat"), st.encode(chat, normalize_embeddings=True), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        plain_default.encode_keys(TEXTS[:2], task="tool"), st.encode(TEXTS[:2], normalize_embeddings=True), atol=1e-6
+    )
+    assert "instructions=off" in plain_default.fingerprint
+
+
+def test_a_folder_saved_with_instructions_encodes_with_them(embedder, plain_default, tmp_path):
+    """A folder whose llm_embedder.json records instruction training (what `train` writes) applies them by default;
+    one saved from the untrained default does not; the caller can always force either way."""
+    trained = LLMEmbedder(embedder.save(tmp_path / "trained"), device="cpu")
+    chat = ["Speaker 1: what did we say about the trip to Lisbon?"]
+    instructed = embedder.model.encode([embedder.task("chat").query_instruction + chat[0]], normalize_embeddings=True)
+    assert trained.use_instructions is True
+    np.testing.assert_allclose(trained.encode_queries(chat, task="chat"), instructed, atol=1e-6)
+    untrained = LLMEmbedder(plain_default.save(tmp_path / "untrained"), device="cpu")
+    assert untrained.use_instructions is False
+    forced = LLMEmbedder(plain_default.save(tmp_path / "forced"), device="cpu", use_instructions=True)
+    np.testing.assert_allclose(forced.encode_queries(chat, task="chat"), instructed, atol=1e-6)
+
+
+def test_known_instruction_trained_hub_models_use_them():
+    from llm_embedder.model.embedder import INSTRUCTION_TRAINED_MODELS
+
+    assert "BAAI/llm-embedder" in INSTRUCTION_TRAINED_MODELS
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -203,7 +256,7 @@ def test_progress_bar_for_long_inputs(embedder, monkeypatch, capsys):
 
 
 def test_bf16_matches_fp32(embedder):
-    bf16 = LLMEmbedder(device="cpu", dtype="bf16")
+    bf16 = LLMEmbedder(device="cpu", dtype="bf16", use_instructions=True)
     vectors = bf16.encode_keys(TEXTS, task="qa")
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -371,7 +424,7 @@ def onnx_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_embedder(onnx_cache):
-    return LLMEmbedder(device="cpu", backend="onnx")
+    return LLMEmbedder(device="cpu", backend="onnx", use_instructions=True)
 
 
 def test_onnx_fp32_matches_torch(embedder, onnx_embedder, onnx_cache):
@@ -389,7 +442,7 @@ def test_onnx_fp32_matches_torch(embedder, onnx_embedder, onnx_cache):
 
 
 def test_onnx_int8_close_to_fp32(embedder, onnx_cache):
-    int8 = LLMEmbedder(device="cpu", backend="onnx-int8")
+    int8 = LLMEmbedder(device="cpu", backend="onnx-int8", use_instructions=True)
     got = int8.encode_keys(TEXTS, task="qa")
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert _cos(got, embedder.encode_keys(TEXTS, task="qa")).min() > 0.98
@@ -403,7 +456,9 @@ def test_onnx_uses_the_models_pooling_and_the_cache(cls_embedder, onnx_embedder,
         raise AssertionError("the cached export should have been reused")
 
     monkeypatch.setattr(torch.onnx, "export", no_export)
-    onnx_cls = LLMEmbedder(device="cpu", pooling="cls", backend="onnx")  # same weights: cached graph
+    onnx_cls = LLMEmbedder(
+        device="cpu", pooling="cls", backend="onnx", use_instructions=True
+    )  # same weights: cached graph
     assert np.abs(onnx_cls.encode_queries(TEXTS) - cls_embedder.encode_queries(TEXTS)).max() < 1e-4
     assert len(list((onnx_cache / "onnx").glob("*-fp32-*"))) == 1
 

@@ -9,6 +9,14 @@ from llm_embedder.cli.common import add_tasks_file_argument, load_tasks_file
 from llm_embedder.tasks.registry import TASKS
 
 
+#: printed above the table: which models the instructions apply to (the answer changes what a user gets)
+INSTRUCTIONS_NOTE = (
+    "Instructions apply only to models trained with them: a folder saved by `llm-embedder train` (its "
+    "llm_embedder.json records it) and BAAI/llm-embedder. Any other model, the embedded default (all-MiniLM-L6-v2) "
+    "included, encodes the plain text; force either way with --instructions on|off (use_instructions= in Python)."
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("tasks", help="list the tasks and their instructions", description=__doc__)
     add_tasks_file_argument(parser)
@@ -21,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(TASKS.to_dict(), indent=2, ensure_ascii=False))
         return 0
+    print(INSTRUCTIONS_NOTE)
+    print()
     for spec in TASKS.specs():
         print(f"{spec.name}: {spec.description}")
         print(f"  query instruction: {spec.query_instruction!r}")
