@@ -16,6 +16,8 @@ from llm_embedder.errors import UserError
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 SAMPLER_STATE = "sampler_state.json"
+#: ``[[step, dataset, loss], ...]`` of the steps so far, so a resumed run reports the mean over the whole run
+LOSS_HISTORY = "loss_history.json"
 
 
 def complete_checkpoints(folder: str | Path) -> list[Path]:
@@ -59,3 +61,17 @@ def read_sampler_state(checkpoint: Path) -> dict[str, Any] | None:
         raise UserError(
             f"{file}: unreadable batch-sampler state ({exc})", hint="resume from an earlier checkpoint"
         ) from None
+
+
+def read_loss_history(checkpoint: Path) -> list[list[Any]]:
+    """The step losses saved with ``checkpoint`` (empty for a checkpoint written before they were saved)."""
+    file = checkpoint / LOSS_HISTORY
+    if not file.is_file():
+        return []
+    try:
+        history = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{file}: unreadable loss history ({exc})", hint="resume from an earlier checkpoint") from None
+    if not isinstance(history, list):
+        raise UserError(f"{file}: unreadable loss history (not a list)", hint="resume from an earlier checkpoint")
+    return history

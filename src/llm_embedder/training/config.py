@@ -93,6 +93,8 @@ class DataConfig:
     tasks_file: str | None = None
     #: data-loader worker processes (tokenisation and group sampling run in them)
     num_workers: int = 2
+    #: leave invalid records out (counted and reported) instead of stopping at the first one
+    skip_invalid: bool = False
 
 
 @dataclass
