@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,13 +254,28 @@ class TrainConfig:
             raise UserError(f"grad_cache_chunk must be a positive integer, got {t.grad_cache_chunk!r}")
         if not isinstance(d.num_workers, int) or d.num_workers < 0:
             raise UserError(f"num_workers must be >= 0, got {d.num_workers!r}")
+        numbers = {
+            "lr": t.lr,
+            "temperature": m.temperature,
+            "warmup": t.warmup,
+            "weight_decay": t.weight_decay,
+            "max_grad_norm": t.max_grad_norm,
+            **{f"data_weights.{name}": value for name, value in d.data_weights.items()},
+            **{f"weight of dataset '{ds.name}'": ds.weight for ds in d.data},
+        }
+        for name, value in numbers.items():
+            # NaN or inf in a hyper-parameter turns every weight into NaN at the first step
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value!r}")
         for name, value in (("lr", t.lr), ("temperature", m.temperature)):
-            if not isinstance(value, (int, float)) or not value > 0:
+            if not value > 0:
                 raise UserError(f"{name} must be > 0, got {value!r}")
-        if not isinstance(t.warmup, (int, float)) or t.warmup < 0:
+        if t.warmup < 0:
             raise UserError(f"warmup must be >= 0 (a fraction < 1 or a number of steps), got {t.warmup!r}")
         if t.weight_decay < 0:
             raise UserError(f"weight_decay must be >= 0, got {t.weight_decay!r}")
+        if t.max_grad_norm < 0:
+            raise UserError(f"max_grad_norm must be >= 0 (0: no clipping), got {t.max_grad_norm!r}")
         if t.dtype not in DTYPES:
             raise UserError(f"unknown dtype {t.dtype!r}", hint=f"choose one of {', '.join(DTYPES)}")
         if d.distillation is not None and d.distillation not in DISTILLATIONS:

@@ -378,6 +378,7 @@ def train(
         query_max_length=config.model.query_max_length,
         key_max_length=config.model.key_max_length,
         fit_texts=embedder.fit_texts,
+        tail_tasks=[name for name in loss.task_names if registry.get(name).query_truncation == "left"],
     )
     steps_share = sampler.steps_per_dataset()
     _say(
@@ -457,6 +458,7 @@ def _summary(
                 "path": ts.path,
                 "records": len(ts),
                 "dropped": ts.dropped,
+                "skipped": ts.skipped,
                 "weight": ts.weight,
                 "steps_per_epoch": steps_share.get(ts.name, "-") if not config.data.mixed_batches else "mixed",
                 "loss": describe_loss(task_losses[ts.task]),
