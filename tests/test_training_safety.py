@@ -345,3 +345,69 @@ def test_resume_with_workers_across_an_epoch_boundary_is_bit_identical(tiny, tmp
     expected, resumed = weights(reference), weights(out)
     assert expected.keys() == resumed.keys()
     assert [name for name in expected if not torch.equal(expected[name], resumed[name])] == []
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def _collator(embedder, preprocess=None, fit_texts=None):
+    from llm_embedder.training.collator import GroupCollator
+
+    return GroupCollator(
+        preprocess or embedder.model.preprocess,
+        instruction=embedder.instruction,
+        task_names=["convsearch", "qa"],
+        query_max_length=24,
+        key_max_length=24,
+        fit_texts=fit_texts or embedder.fit_texts,
+        tail_tasks=["convsearch"],
+    )
+
+
+def _items(query: str, keys: list[str], tasks=("convsearch", "qa")) -> list[dict]:
+    return [
+        {"dataset": t, "task": t, "query": query, "keys": keys, "teacher_scores": [0.1, 0.2], "id": str(i)}
+        for i, t in enumerate(tasks)
+    ]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k])
+        if isinstance(a[k], torch.Tensor)
+        else _same(a[k], b[k])
+        if isinstance(a[k], dict)
+        else a[k] == b[k]
+        for k in a
+    )
+
+
+@pytest.mark.parametrize("tasks", [("convsearch", "convsearch"), ("qa", "qa"), ("convsearch", "qa")])
+def test_collator_output_is_unchanged_for_normal_inputs(embedder, monkeypatch, tasks):
+    from llm_embedder.training import collator as collator_module
+
+    ending = " Speaker 1: where does the north saskatchewan river end?"
+    items = _items("alpha beta gamma " * 40 + ending, ["river delta " * 50, "a short key"], tasks)
+    batch = _collator(embedder)(items)
+    monkeypatch.setattr(collator_module, "MAX_CHARS_PER_TOKEN", 10**9)
+    assert _same(batch, _collator(embedder)(items))
+
+
+def test_collator_cuts_a_huge_field_by_characters_before_the_tokenizer(embedder):
+    from llm_embedder.training.collator import MAX_CHARS_PER_TOKEN
+
+    seen: list[int] = []
+
+    def preprocess(texts, **kwargs):
+        seen.extend(len(t) for t in texts)
+        return embedder.model.preprocess(texts, **kwargs)
+
+    def fit_texts(texts, task, side, max_length):
+        seen.extend(len(t) for t in texts)
+        return embedder.fit_texts(texts, task, side, max_length)
+
+    ending = " Speaker 1: where does the north saskatchewan river end?"
+    huge = _items("alpha beta " * 1_000_000 + ending, ["river delta " * 1_000_000, "a short key"])
+    batch = _collator(embedder, preprocess, fit_texts)(huge)
+    assert max(seen) <= 24 * MAX_CHARS_PER_TOKEN + len(embedder.instruction("convsearch", "query"))
+    # the same tokens as the texts give when they are merely long: convsearch keeps the end, qa and keys the start
+    long = _items("alpha beta " * 300 + ending, ["river delta " * 300, "a short key"])
+    assert _same(batch, _collator(embedder)(long))
