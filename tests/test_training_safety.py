@@ -411,3 +411,39 @@ def test_collator_cuts_a_huge_field_by_characters_before_the_tokenizer(embedder)
     # the same tokens as the texts give when they are merely long: convsearch keeps the end, qa and keys the start
     long = _items("alpha beta " * 300 + ending, ["river delta " * 300, "a short key"])
     assert _same(batch, _collator(embedder)(long))
+
+
+# ---------------------------------------------------------------------------------------------- one TrainConfig
+def test_the_pipeline_train_section_is_a_training_recipe(tmp_path):
+    from llm_embedder.pipeline.config import TRAIN_DEFAULTS, load_config
+
+    def recipe_with(train: str) -> Path:
+        path = tmp_path / "recipe.yaml"
+        path.write_text(f"tasks: {{qa: {{train: t.jsonl}}}}\ntrain:\n{train}", encoding="utf-8")
+        return path
+
+    config = load_config(recipe_with("  lr: 5e-5\n  weight-decay: 0.1\n  steps: 7\n"))
+    assert config.train == {**TRAIN_DEFAULTS, "lr": 5e-5, "weight_decay": 0.1, "steps": 7}
+    # the defaults are the former pipeline section's, so the train stage's fingerprint of an unchanged recipe stays
+    old = {
+        "steps": 100,
+        "batch_size": 16,
+        "group_size": 4,
+        "lr": 2e-5,
+        "warmup": 0.1,
+        "query_max_length": 128,
+        "key_max_length": 128,
+        "grad_cache_chunk": None,
+        "dtype": "fp32",
+        "save_steps": 50,
+    }
+    default = load_config(recipe_with("  {}\n"))
+    assert default.fingerprint(default.train) == default.fingerprint(old)
+
+    path = recipe_with("  stepz: 3\n")
+    with pytest.raises(UserError, match=rf"^{path}: train: unknown key\(s\) stepz \(known: "):
+        load_config(path)
+    path = recipe_with("  output: elsewhere\n")
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: train: output cannot be set here (the recipe sets them itself)"

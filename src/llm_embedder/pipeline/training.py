@@ -9,7 +9,6 @@ on. w/o LLM reward needs it: chat, lrlm and icl have no dataset labels, only the
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from llm_embedder.pipeline.config import PipelineConfig
 
 def variant_flags(config: PipelineConfig, overrides: dict[str, Any], data: dict[str, str], out: Path) -> dict[str, Any]:
     """The flat ``llm-embedder train`` mapping of one variant."""
-    train = dataclasses.asdict(config.train)
+    train = dict(config.train)
     flags: dict[str, Any] = {
         "model": None if config.encoder == "default" else config.encoder,
         "data": [f"{task}={path}" for task, path in data.items()],

@@ -291,6 +291,33 @@ class TrainConfig:
         return {ds.name: float(self.data.data_weights.get(ds.name, ds.weight)) for ds in self.data.data}
 
 
+def recipe_section(
+    mapping: Any,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    reserved: Sequence[str] = (),
+    source: str = "config",
+) -> dict[str, Any]:
+    """A partial training recipe (flat keys, e.g. the pipeline recipe's ``train:``), checked and normalised.
+
+    Why: a recipe that embeds a training recipe uses THIS class's keys and types rather than a second, drifting
+    copy of them: unknown keys and wrong types fail at load time, before anything runs. ``defaults`` fill keys the
+    section leaves out; ``reserved`` are keys the caller sets itself (data, output ...) and refuses here. Returns
+    ``defaults`` updated with the section, values as :meth:`TrainConfig.from_dict` reads them (``"5e-5"`` -> 5e-05).
+    """
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        raise UserError(f"{source} must be a mapping of training flag names to values")
+    given = {str(key).replace("-", "_"): value for key, value in mapping.items()}
+    taken = sorted(set(given) & set(reserved))
+    if taken:
+        raise UserError(f"{source}: {', '.join(taken)} cannot be set here", hint="the recipe sets them itself")
+    section = {**(defaults or {}), **given}
+    built = TrainConfig.from_dict(section, source=source).to_dict()
+    return {key: built[key] for key in section}
+
+
 def parse_datasets(value: Any, *, base_dir: str | Path | None = None, source: str = "config") -> list[DatasetConfig]:
     """Datasets from any accepted form (see the module docstring)."""
     items: list[DatasetConfig] = []

@@ -6,7 +6,7 @@ teacher scores, records no group can be built from - before any model is loaded 
 and counts them). The lrlm-style margin filter drops
 records here too (counted, reported in the log and the model card).
 
-:class:`GroupDataset` is the ``Dataset`` the DataLoader reads: an item is a :class:`~.sampler.SampleRef`, whose seed
+:class:`GroupDataset` is the ``Dataset`` the DataLoader reads: an item is a :class:`~.batch_sampler.SampleRef`, whose seed
 drives the group sampling, so data-loader workers can build groups in parallel and the result does not depend on
 which worker did it.
 """
@@ -24,9 +24,9 @@ from llm_embedder.data.records import read_records
 from llm_embedder.errors import DataError, UserError
 from llm_embedder.tasks.registry import TaskRegistry
 from llm_embedder.tasks.spec import TrainingSpec
+from llm_embedder.training.batch_sampler import SampleRef
 from llm_embedder.training.config import DatasetConfig, TrainConfig
-from llm_embedder.training.sampler import SampleRef
-from llm_embedder.training.sampling import Candidates, GroupSampler
+from llm_embedder.training.group_sampler import Candidates, GroupSampler
 from llm_embedder.training.task_losses import build_group_sampler, resolve_training_spec, uses_teacher_scores
 
 

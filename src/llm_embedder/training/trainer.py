@@ -9,7 +9,7 @@ loss modules on ``(features, labels)``, gradient caching via its ``CachedLossMix
 What :class:`LLMEmbedderTrainer` adds:
 
 * :meth:`~LLMEmbedderTrainer.get_train_dataloader`: a normal ``DataLoader`` (workers, prefetch) over
-  :class:`~.dataset.GroupDataset` with the :class:`~.sampler.HomogeneousBatchSampler` and the
+  :class:`~.dataset.GroupDataset` with the :class:`~.batch_sampler.HomogeneousBatchSampler` and the
   :class:`~.collator.GroupCollator`, prepared by accelerate. The sampler yields each step's per-process batches as
   one block, and accelerate's shard deals block member ``r`` to rank ``r``, so all ranks of a step read one dataset.
   (sentence-transformers' own ``multi_dataset_batch_sampler`` hook cannot give this: it is called with per-process
@@ -45,6 +45,7 @@ from transformers import TrainerCallback
 
 from llm_embedder.errors import UserError
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
+from llm_embedder.training.batch_sampler import BatchMixing, HomogeneousBatchSampler
 from llm_embedder.training.checkpoints import (
     LOSS_HISTORY,
     SAMPLER_STATE,
@@ -68,7 +69,6 @@ from llm_embedder.training.run_folder import (
     recover,
     staging_folder,
 )
-from llm_embedder.training.sampler import BatchMixing, HomogeneousBatchSampler
 from llm_embedder.training.task_losses import build_task_loss, describe_loss
 from llm_embedder.utils.files import write_json
 
