@@ -447,3 +447,35 @@ def test_the_pipeline_train_section_is_a_training_recipe(tmp_path):
     with pytest.raises(UserError) as info:
         load_config(path)
     assert str(info.value) == f"{path}: train: output cannot be set here (the recipe sets them itself)"
+
+
+def _folder(path: Path, *files: str) -> Path:
+    path.mkdir(parents=True)
+    for name in files:
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(name)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        # killed before OUT was moved aside: the complete model is published, the run folder deleted
+        ({"o": ["checkpoints/c"], ".o.saving": ["llm_embedder.json", "training_summary.json"]}, {"o": "model"}),
+        # killed between the two renames
+        ({".o.old": ["checkpoints/c"], ".o.saving": ["llm_embedder.json", "training_summary.json"]}, {"o": "model"}),
+        # killed while the old run folder was deleted
+        ({"o": ["llm_embedder.json", "training_summary.json"], ".o.old": ["checkpoints/c"]}, {"o": "model"}),
+        # killed while the model was written: the run folder stays as it was, ready to resume
+        ({"o": ["checkpoints/c"], ".o.saving": ["config.json"]}, {"o": "run"}),
+    ],
+)
+def test_recover_finishes_or_undoes_an_interrupted_publish(tmp_path, before, after):
+    from llm_embedder.training.run_folder import recover
+
+    for name, files in before.items():
+        _folder(tmp_path / name, *files)
+    recover(tmp_path / "o")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+    expected = ["llm_embedder.json", "training_summary.json"] if after["o"] == "model" else ["checkpoints"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == expected

@@ -37,7 +37,9 @@ def train_variant(
     import shutil
 
     from llm_embedder.training import train
+    from llm_embedder.training.run_folder import recover
 
+    recover(out)  # a kill while the trainer published the model: finish that first (it may have moved `out` aside)
     if (out / "llm_embedder.json").is_file() and not (out / "checkpoints").is_dir():
         # a finished model from an older recipe: the stage fingerprint changed, so train again from scratch
         shutil.rmtree(out)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from llm_embedder.errors import UserError
@@ -66,6 +67,18 @@ def recover(out: Path) -> None:
             shutil.rmtree(retired)  # killed while the old run folder was deleted
         else:
             retired.rename(out)  # cannot happen after a staging folder was complete, but never lose a run
+
+
+def wait_for_recovery(out: Path, *, timeout_s: float = 600.0) -> None:
+    """The other processes of a distributed run: wait while process 0 runs :func:`recover` (renames, deletes)."""
+    deadline = time.monotonic() + timeout_s
+    while staging_folder(out).exists() or retired_folder(out).exists():
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"{staging_folder(out)} or {retired_folder(out)} is still there after {timeout_s:.0f} s",
+                hint="run once with a single process (without --nproc) to finish the interrupted save",
+            )
+        time.sleep(0.2)
 
 
 def check_output(out: Path) -> None:

@@ -68,6 +68,7 @@ from llm_embedder.training.run_folder import (
     publish,
     recover,
     staging_folder,
+    wait_for_recovery,
 )
 from llm_embedder.training.task_losses import build_task_loss, describe_loss
 from llm_embedder.utils.files import write_json
@@ -321,6 +322,8 @@ def train(
     checkpoints_dir = out / CHECKPOINTS
     if _is_main_process():
         recover(out)
+    else:
+        wait_for_recovery(out)
     if is_finished(out) and config.training.resume:
         _say(f"{out} already holds the finished model of this run; nothing to resume")
         return str(out)
