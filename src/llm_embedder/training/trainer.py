@@ -195,7 +195,9 @@ class LLMEmbedderTrainer(SentenceTransformerTrainer):
         One all-reduce carries both, so every process takes the same decision (one stopping alone would hang the
         others in their next collective).
         """
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        # fp16 scales the loss: an overflowing gradient is normal there, and the scaler skips that optimizer step
+        scaled = getattr(self.accelerator, "scaler", None) is not None
+        grads = [] if scaled else [p.grad for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         loss_value = loss.detach().float().reshape(()).cpu()
         bad = (~torch.isfinite(loss_value)) | (~torch.isfinite(grad_norm.detach().float().cpu()))
