@@ -443,6 +443,13 @@ def test_the_pipeline_train_section_is_a_training_recipe(tmp_path):
     path = recipe_with("  stepz: 3\n")
     with pytest.raises(UserError, match=rf"^{path}: train: unknown key\(s\) stepz \(known: "):
         load_config(path)
+    path = recipe_with("  steps: abc\n")
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: train: steps must be a positive integer, got 'abc'"
+    path = recipe_with("  data_weights: {chat: 2}\n")
+    with pytest.raises(UserError, match=r": train: --data-weight for unknown dataset\(s\) chat \(datasets: qa\)"):
+        load_config(path)
     path = recipe_with("  output: elsewhere\n")
     with pytest.raises(UserError) as info:
         load_config(path)

@@ -141,7 +141,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
             "tasks": {name: _build(TaskData, spec, f"{where}: tasks.{name}") for name, spec in tasks.items()},
             "score": _build(ScoreConfig, data.get("score"), f"{where}: score"),
             "train": recipe_section(
-                data.get("train"), defaults=TRAIN_DEFAULTS, reserved=TRAIN_RESERVED, source=f"{where}: train"
+                data.get("train"),
+                defaults=TRAIN_DEFAULTS,
+                reserved=TRAIN_RESERVED,
+                datasets=list(tasks),
+                source=f"{where}: train",
             ),
             "eval": _build(EvalConfig, data.get("eval"), f"{where}: eval"),
         },

@@ -296,14 +296,17 @@ def recipe_section(
     *,
     defaults: Mapping[str, Any] | None = None,
     reserved: Sequence[str] = (),
+    datasets: Sequence[str] = (),
     source: str = "config",
 ) -> dict[str, Any]:
     """A partial training recipe (flat keys, e.g. the pipeline recipe's ``train:``), checked and normalised.
 
-    Why: a recipe that embeds a training recipe uses THIS class's keys and types rather than a second, drifting
-    copy of them: unknown keys and wrong types fail at load time, before anything runs. ``defaults`` fill keys the
-    section leaves out; ``reserved`` are keys the caller sets itself (data, output ...) and refuses here. Returns
-    ``defaults`` updated with the section, values as :meth:`TrainConfig.from_dict` reads them (``"5e-5"`` -> 5e-05).
+    Why: a recipe that embeds a training recipe uses THIS class's keys and checks rather than a second, drifting
+    copy of them: unknown keys and bad values fail at load time, before anything runs (not after an hour of
+    scoring). ``defaults`` fill keys the section leaves out; ``reserved`` are keys the caller sets itself (data,
+    output ...) and refuses here; ``datasets``: the names the caller's data will have (checked against
+    ``data_weights``). Returns ``defaults`` updated with the section, values as :meth:`TrainConfig.from_dict` reads
+    them (``"5e-5"`` -> 5e-05).
     """
     if mapping is None:
         mapping = {}
@@ -314,8 +317,15 @@ def recipe_section(
     if taken:
         raise UserError(f"{source}: {', '.join(taken)} cannot be set here", hint="the recipe sets them itself")
     section = {**(defaults or {}), **given}
-    built = TrainConfig.from_dict(section, source=source).to_dict()
-    return {key: built[key] for key in section}
+    built = TrainConfig.from_dict(section, source=source)
+    # the whole recipe's checks, with stand-ins for what the caller fills in later
+    stand_ins = {"data": [DatasetConfig(name=str(name), path="-") for name in (datasets or ["data"])], "output": "-"}
+    try:
+        TrainConfig.from_dict({**section, **stand_ins}, source=source).validate()
+    except UserError as exc:
+        raise UserError(f"{source}: {exc.line()}") from None
+    values = built.to_dict()
+    return {key: values[key] for key in section}
 
 
 def parse_datasets(value: Any, *, base_dir: str | Path | None = None, source: str = "config") -> list[DatasetConfig]:
