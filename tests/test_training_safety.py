@@ -298,7 +298,7 @@ def test_a_kill_while_the_final_model_is_written_leaves_no_model(tiny, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
 
 
-def test_output_into_a_foreign_folder_is_refused(tiny, tmp_path, capsys):
+def test_output_into_a_foreign_folder_is_refused(tiny, tmp_path, capsys, monkeypatch):
     model, qa = tiny
     mine = tmp_path / "notes"
     mine.mkdir()
@@ -317,6 +317,15 @@ def test_output_into_a_foreign_folder_is_refused(tiny, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     from llm_embedder.training import train
+
+    with monkeypatch.context() as patch:
+        patch.chdir(empty)
+        with pytest.raises(UserError) as info:
+            train(recipe(tiny, Path("."), steps=2))
+    assert str(info.value) == (
+        "output folder . is the current folder or contains it (the finished model replaces the output folder; pass a "
+        "subfolder, e.g. -o model)"
+    )
 
     assert train(recipe(tiny, empty, steps=2)) == str(empty)
 

@@ -30,13 +30,20 @@ CONFIG_FILE = "training_config.json"
 SUMMARY_FILE = "training_summary.json"
 
 
+def _absolute(out: Path) -> Path:
+    # ``-o .`` has no name and no parent to rename in; its absolute path has both
+    return Path(os.path.abspath(out))
+
+
 def staging_folder(out: Path) -> Path:
     """Where the final model is written before it is published (beside ``out``, so a rename publishes it)."""
+    out = _absolute(out)
     return out.parent / f".{out.name}.saving"
 
 
 def retired_folder(out: Path) -> Path:
     """Where the run folder goes when the model replaces it; deleted afterwards (its checkpoints with it)."""
+    out = _absolute(out)
     return out.parent / f".{out.name}.old"
 
 
@@ -52,6 +59,7 @@ def is_training_run(folder: Path) -> bool:
 
 def recover(out: Path) -> None:
     """Finish or undo a publish that a kill interrupted, so ``out`` is again either a run folder or the model."""
+    out = _absolute(out)
     staging, retired = staging_folder(out), retired_folder(out)
     if staging.is_dir() and is_finished(staging):
         # the model is complete: finish the publish wherever the kill stopped it
@@ -82,9 +90,16 @@ def wait_for_recovery(out: Path, *, timeout_s: float = 600.0) -> None:
 
 
 def check_output(out: Path) -> None:
-    """Refuse an existing, non-empty ``out`` that is neither a model nor a training run folder of ours."""
+    """Refuse an existing, non-empty ``out`` that is neither a model nor a training run folder of ours, and the
+    current folder (or one above it): publishing replaces the folder, which would leave the shell in a deleted one."""
     if not out.exists():
         return
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise UserError(
+            f"output folder {out} is the current folder or contains it",
+            hint="the finished model replaces the output folder; pass a subfolder, e.g. -o model",
+        )
     if not out.is_dir():
         raise UserError(f"output {out} is a file, not a folder", hint="choose another output folder (-o)")
     if (out / CONFIG_NAME).is_file() or is_training_run(out):
