@@ -87,7 +87,9 @@ def test_the_drill_nan_teacher_score_is_one_line_and_no_model(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("literal", "spelled"), [("Infinity", "Infinity"), ("-Infinity", "-Infinity")])
+@pytest.mark.parametrize(
+    ("literal", "spelled"), [("Infinity", "Infinity"), ("-Infinity", "-Infinity"), ("1e999", "Infinity")]
+)
 def test_infinite_teacher_scores_are_refused(tiny, tmp_path, literal, spelled):
     from llm_embedder.training import train
 
