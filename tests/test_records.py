@@ -102,6 +102,31 @@ BAD_FILES = {
     "not_a_list": ('{"query": "q", "pos": "p"}\n', r":1: field 'pos': must be a list of strings"),
     "query_type": ('{"query": 3}\n', r":1: field 'query': must be a string"),
     "array_line": ("[1, 2]\n", r":1: expected a JSON object"),
+    "nan_score": (
+        '{"query": "q", "pos": ["p"], "neg": ["n"], "teacher_scores": [NaN, 0.2]}\n',
+        r":1: field 'teacher_scores': score 1 is NaN, not a finite number \(rescore the record",
+    ),
+    "inf_score": (
+        f'{GOOD}\n{{"query": "q", "pos": ["p"], "neg": ["n"], "teacher_scores": [0.1, Infinity]}}\n',
+        r":2: field 'teacher_scores': score 2 is Infinity, not a finite number",
+    ),
+    "minus_inf_score": (
+        '{"query": "q", "pos": ["p"], "neg": ["n"], "teacher_scores": [-Infinity, 0.2]}\n',
+        r":1: field 'teacher_scores': score 1 is -Infinity, not a finite number",
+    ),
+    "overflowing_score": (
+        '{"query": "q", "pos": ["p"], "neg": ["n"], "teacher_scores": [1e999, 0.2]}\n',
+        r":1: field 'teacher_scores': score 1 is Infinity, not a finite number",
+    ),
+    "string_score": (
+        '{"query": "q", "pos": ["p"], "neg": ["n"], "teacher_scores": ["0.1", 0.2]}\n',
+        r":1: field 'teacher_scores': must be a list of numbers",
+    ),
+    "negative_index": (
+        '{"query": "q", "pos": ["p"], "neg": ["n"], "pos_index": [-1]}\n',
+        r":1: field 'pos_index': must be a list of non-negative integers",
+    ),
+    "bool_query_id": ('{"query": "q", "query_id": true}\n', r":1: field 'query_id': must be an integer or a string"),
     "empty": ("\n\n", r"file is empty"),
 }
 
@@ -150,3 +175,18 @@ def test_record_round_trip_keeps_extra_fields():
     record = Record.from_dict(obj)
     assert record.teacher_scores == [1.0] and record.id == 7
     assert record.to_dict() == {**obj, "teacher_scores": [1.0]}
+
+
+def test_skip_invalid_collects_bad_records_and_keeps_the_rest(tmp_path):
+    nan = '{"query": "bad", "pos": ["p"], "neg": ["n"], "teacher_scores": [NaN, 0.2]}'
+    path = _write(tmp_path, "mixed", f'{GOOD}\n{nan}\n{GOOD}\n{{"query": 3}}\n')
+    skipped: list[DataError] = []
+    records = load_records(path, skipped=skipped)
+    assert [r.source for r in records] == [f"{path}:1", f"{path}:3"]
+    assert [str(e) for e in skipped] == [
+        f"{path}:2: field 'teacher_scores': score 1 is NaN, not a finite number (rescore the record (llm-embedder "
+        "score) or remove it; --skip-invalid skips such records)",
+        f"{path}:4: field 'query': must be a string, got int",
+    ]
+    with pytest.raises(DataError, match=r"mixed\.jsonl:2: field 'teacher_scores'"):
+        load_records(path)  # without the list, the first bad record stops the read

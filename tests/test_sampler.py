@@ -11,8 +11,8 @@ from accelerate.data_loader import BatchSamplerShard
 
 from llm_embedder.data.records import Record
 from llm_embedder.errors import UserError
-from llm_embedder.training.sampler import HomogeneousBatchSampler, SampleRef
-from llm_embedder.training.sampling import Candidates, GroupSampler
+from llm_embedder.training.batch_sampler import HomogeneousBatchSampler, SampleRef
+from llm_embedder.training.group_sampler import Candidates, GroupSampler
 
 
 def candidates(pos: int = 1, neg: int = 5, scores: list[float] | None = None, history: bool = False) -> Candidates:

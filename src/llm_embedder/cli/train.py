@@ -78,6 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="reject records with fewer negatives than the group needs (default: repeat them)",
     )
+    add(
+        "--skip-invalid",
+        action="store_true",
+        default=None,
+        help="leave invalid records out (counted, the first one shown) instead of stopping at the first one",
+    )
     add("--num-workers", type=int, help="data-loader worker processes (default 2)")
     add("--save-steps", type=int, help="checkpoint every N steps (default 500)")
     add("--save-total-limit", type=int, help="checkpoints kept (default 2)")
@@ -127,6 +133,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "hard_labels",
         "distillation",
         "repeat",
+        "skip_invalid",
         "num_workers",
         "save_steps",
         "save_total_limit",

@@ -7,6 +7,7 @@ scored, ``teacher_scores`` in the same order. Fields we do not know (the referen
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -113,8 +114,10 @@ class Record:
             value = obj.get(name)
             if value is None:
                 return None
-            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise fail("must be a list of integers (corpus row numbers)", name)
+            if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+            ):
+                raise fail("must be a list of non-negative integers (corpus row numbers)", name)
             return value
 
         pos = str_list("pos", required=True) or []
@@ -141,7 +144,7 @@ class Record:
             )
 
         query_id = obj.get("query_id")
-        if query_id is not None and not isinstance(query_id, (int, str)):
+        if query_id is not None and (not isinstance(query_id, (int, str)) or isinstance(query_id, bool)):
             raise fail("must be an integer or a string", "query_id")
 
         record = cls(
@@ -165,6 +168,14 @@ class Record:
                 isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores
             ):
                 raise fail("must be a list of numbers", "teacher_scores")
+            bad = next((i for i, s in enumerate(scores) if not math.isfinite(s)), None)
+            if bad is not None:
+                # json reads NaN / Infinity literals (and 1e999 as inf); one such score turns a whole model into NaN
+                raise fail(
+                    f"score {bad + 1} is {_json_number(scores[bad])}, not a finite number",
+                    "teacher_scores",
+                    "rescore the record (llm-embedder score) or remove it; --skip-invalid skips such records",
+                )
             expected = len(record.candidates)
             if len(scores) != expected:
                 what = "history" if record.uses_history else "pos+neg"
@@ -182,28 +193,50 @@ class Record:
         return self.query_id if self.query_id is not None else self.extra.get("qid")
 
 
+def _json_number(value: float) -> str:
+    """A non-finite number as JSON spells it (``NaN``, ``Infinity``), which is what the user sees in the file."""
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
 def read_records(
     path: str | os.PathLike[str],
     *,
     task: str | None = None,
     registry: TaskRegistry | None = None,
+    skipped: list[DataError] | None = None,
 ) -> Iterator[Record]:
     """Stream and validate the records of a JSON-lines file.
 
     ``task`` (e.g. from ``--task``) overrides the records' own ``task`` field; either must name a known task.
+    ``skipped``: the ``--skip-invalid`` mode - an invalid record is appended here (its one-line error) and left out
+    instead of stopping the read, so one bad line of a million does not stop a job; the caller reports the count.
+    A line that is not JSON at all still stops the read (the file itself is broken, not one record).
     """
     registry = registry if registry is not None else TASKS
     if task is not None:
         registry.get(task)
     for lineno, obj in iter_jsonl(path):
-        yield Record.from_dict(obj, path=str(path), lineno=lineno, task=task, registry=registry)
+        try:
+            record = Record.from_dict(obj, path=str(path), lineno=lineno, task=task, registry=registry)
+        except DataError as exc:
+            if skipped is None:
+                raise
+            skipped.append(exc)
+            continue
+        yield record
 
 
 def load_records(
-    path: str | os.PathLike[str], *, task: str | None = None, registry: TaskRegistry | None = None
+    path: str | os.PathLike[str],
+    *,
+    task: str | None = None,
+    registry: TaskRegistry | None = None,
+    skipped: list[DataError] | None = None,
 ) -> list[Record]:
     """All records of a file as a list (see :func:`read_records`)."""
-    return list(read_records(path, task=task, registry=registry))
+    return list(read_records(path, task=task, registry=registry, skipped=skipped))
 
 
 def write_records(path: str | os.PathLike[str], records: Iterable[Record]) -> int:

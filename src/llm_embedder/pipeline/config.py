@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from llm_embedder.errors import UserError
+from llm_embedder.training.config import recipe_section
 from llm_embedder.utils.dataclass_build import build_dataclass
 
 
@@ -51,18 +52,22 @@ class ScoreConfig:
     score_dev: bool = True
 
 
-@dataclass
-class TrainConfig:
-    steps: int = 100
-    batch_size: int = 16
-    group_size: int = 4
-    lr: float = 2e-5
-    warmup: float = 0.1
-    query_max_length: int = 128
-    key_max_length: int = 128
-    grad_cache_chunk: int | None = None
-    dtype: str = "fp32"
-    save_steps: int = 50
+#: the ``train:`` section is a training recipe (``llm_embedder.training.config.TrainConfig``, the flags of
+#: ``llm-embedder train``); these are its defaults at the pipeline's scale, the rest are the trainer's own
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "steps": 100,
+    "batch_size": 16,
+    "group_size": 4,
+    "lr": 2e-5,
+    "warmup": 0.1,
+    "query_max_length": 128,
+    "key_max_length": 128,
+    "grad_cache_chunk": None,
+    "dtype": "fp32",
+    "save_steps": 50,
+}
+#: keys of the training recipe that the pipeline sets itself (per task, per variant)
+TRAIN_RESERVED = ("data", "output", "model", "resume", "seed")
 
 
 @dataclass
@@ -85,7 +90,7 @@ class PipelineConfig:
     seed: int = 0
     tasks: dict[str, TaskData] = field(default_factory=dict)
     score: ScoreConfig = field(default_factory=ScoreConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: dict[str, Any] = field(default_factory=lambda: dict(TRAIN_DEFAULTS))
     eval: EvalConfig = field(default_factory=EvalConfig)
     #: name -> training overrides; "full" is the complete recipe, others are ablations (paper Table 4). The key
     #: ``tasks`` (a list) trains that variant on a subset of the tasks, e.g. w/o LLM reward on the labelled ones only
@@ -135,7 +140,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
             **{k: v for k, v in data.items() if k not in ("score", "train", "eval")},
             "tasks": {name: _build(TaskData, spec, f"{where}: tasks.{name}") for name, spec in tasks.items()},
             "score": _build(ScoreConfig, data.get("score"), f"{where}: score"),
-            "train": _build(TrainConfig, data.get("train"), f"{where}: train"),
+            "train": recipe_section(
+                data.get("train"),
+                defaults=TRAIN_DEFAULTS,
+                reserved=TRAIN_RESERVED,
+                datasets=list(tasks),
+                source=f"{where}: train",
+            ),
             "eval": _build(EvalConfig, data.get("eval"), f"{where}: eval"),
         },
         where,

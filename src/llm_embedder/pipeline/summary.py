@@ -92,8 +92,8 @@ def write_summary(
     records = {task: r.get("n_records") for task, r in results.items()}
     text = (
         f"# {config.name}: before/after training\n\n"
-        f"Base encoder `{config.encoder}`, LLM `{config.lm}`, {config.train.steps} steps x {config.train.batch_size} "
-        f"queries x group {config.train.group_size}. Dev records per task: {records}.\n\n{table}\n"
+        f"Base encoder `{config.encoder}`, LLM `{config.lm}`, {config.train['steps']} steps x {config.train['batch_size']} "
+        f"queries x group {config.train['group_size']}. Dev records per task: {records}.\n\n{table}\n"
         "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "\n"
     )
     with atomic_write(root / "summary.md") as handle:

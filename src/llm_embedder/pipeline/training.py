@@ -9,7 +9,6 @@ on. w/o LLM reward needs it: chat, lrlm and icl have no dataset labels, only the
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from llm_embedder.pipeline.config import PipelineConfig
 
 def variant_flags(config: PipelineConfig, overrides: dict[str, Any], data: dict[str, str], out: Path) -> dict[str, Any]:
     """The flat ``llm-embedder train`` mapping of one variant."""
-    train = dataclasses.asdict(config.train)
+    train = dict(config.train)
     flags: dict[str, Any] = {
         "model": None if config.encoder == "default" else config.encoder,
         "data": [f"{task}={path}" for task, path in data.items()],
@@ -38,7 +37,9 @@ def train_variant(
     import shutil
 
     from llm_embedder.training import train
+    from llm_embedder.training.run_folder import recover
 
+    recover(out)  # a kill while the trainer published the model: finish that first (it may have moved `out` aside)
     if (out / "llm_embedder.json").is_file() and not (out / "checkpoints").is_dir():
         # a finished model from an older recipe: the stage fingerprint changed, so train again from scratch
         shutil.rmtree(out)

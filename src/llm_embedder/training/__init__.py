@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llm_embedder.training.batch_sampler import BatchMixing, HomogeneousBatchSampler, SampleRef
 from llm_embedder.training.config import DataConfig, DatasetConfig, ModelConfig, TrainConfig, TrainingConfig
+from llm_embedder.training.group_sampler import GroupSampler, NegativeRule, PositiveRule
 from llm_embedder.training.losses import (
     ContrastiveLoss,
     GroupLoss,
@@ -17,8 +19,6 @@ from llm_embedder.training.losses import (
     StabilizedDistillationLoss,
     WeightedLoss,
 )
-from llm_embedder.training.sampler import BatchMixing, HomogeneousBatchSampler, SampleRef
-from llm_embedder.training.sampling import GroupSampler, NegativeRule, PositiveRule
 
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path, **kwargs: Any) -> str:

@@ -4,6 +4,11 @@ Texts are tokenised with the model's own ``preprocess`` and the task instruction
 ``LLMEmbedder.encode`` does at inference (same prompt, same truncation per side), so training and retrieval see the
 same inputs. It runs in the data-loader workers.
 
+Before any tokenizer sees a text, it is cut to :data:`MAX_CHARS_PER_TOKEN` characters per token of the budget (the
+start kept, or the end for a task whose queries keep their end): a tokenizer encodes the whole string before it
+truncates, so one 50 MB field would cost gigabytes of memory in a worker. The bound is generous (a token of normal
+text is 3-6 characters), so inputs of any sane text are unchanged.
+
 Output (sentence-transformers' column convention, read by its trainer):
 ``query_input_ids``, ``query_attention_mask``, ... / ``key_input_ids``, ... (``n * G`` rows), ``label = {"task": (n,),
 "teacher_scores": (n, G), "query_order": (n,), "key_order": (n * G,)}`` (scores only when some item has them; zeros for
@@ -14,7 +19,7 @@ is key ``j`` of query ``i``, positive first) - see :func:`sort_by_length`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +27,16 @@ import torch
 Instruction = Callable[[str, str], str]
 #: ``(texts, task, side, max_length) -> texts``: the embedder's per-task truncation (``LLMEmbedder.fit_texts``)
 FitTexts = Callable[[list[str], str, str, int], list[str]]
+#: characters kept per token of the budget before tokenising (see the module docstring)
+MAX_CHARS_PER_TOKEN = 64
+
+
+def cut_characters(text: str, max_length: int, *, keep_end: bool = False) -> str:
+    """``text`` cut to ``max_length * MAX_CHARS_PER_TOKEN`` characters, keeping its start (or its end)."""
+    limit = max_length * MAX_CHARS_PER_TOKEN
+    if len(text) <= limit:
+        return text
+    return text[-limit:] if keep_end else text[:limit]
 
 
 def sort_by_length(features: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
@@ -50,6 +65,8 @@ class GroupCollator:
     query_max_length / key_max_length: token budgets per side.
     fit_texts: the per-task truncation of ``LLMEmbedder.fit_texts`` (queries that keep their end), so a
         training input is cut exactly as the same text is at retrieval time; ``None``: the tokenizer's cut only.
+    tail_tasks: tasks whose queries keep their end (``query_truncation: left``): their over-long queries lose
+        characters at the start, not the end, before tokenising.
     """
 
     def __init__(
@@ -61,8 +78,10 @@ class GroupCollator:
         query_max_length: int,
         key_max_length: int,
         fit_texts: FitTexts | None = None,
+        tail_tasks: Collection[str] = (),
     ) -> None:
         self.preprocess_fn = preprocess_fn
+        self.tail_tasks = frozenset(tail_tasks)
         self.fit_texts = fit_texts
         self.instruction = instruction
         self.task_names = list(task_names)
@@ -81,6 +100,10 @@ class GroupCollator:
         return out
 
     def _encode(self, texts: list[str], tasks: list[str], side: str, max_length: int) -> dict[str, Any]:
+        texts = [
+            cut_characters(text, max_length, keep_end=side == "query" and task in self.tail_tasks)
+            for text, task in zip(texts, tasks, strict=True)
+        ]
         texts = self._fit(texts, tasks, side, max_length)
         if len(set(tasks)) == 1:
             prompt = self.instruction(tasks[0], side) or None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,8 @@ class DataConfig:
     tasks_file: str | None = None
     #: data-loader worker processes (tokenisation and group sampling run in them)
     num_workers: int = 2
+    #: leave invalid records out (counted and reported) instead of stopping at the first one
+    skip_invalid: bool = False
 
 
 @dataclass
@@ -251,13 +254,28 @@ class TrainConfig:
             raise UserError(f"grad_cache_chunk must be a positive integer, got {t.grad_cache_chunk!r}")
         if not isinstance(d.num_workers, int) or d.num_workers < 0:
             raise UserError(f"num_workers must be >= 0, got {d.num_workers!r}")
+        numbers = {
+            "lr": t.lr,
+            "temperature": m.temperature,
+            "warmup": t.warmup,
+            "weight_decay": t.weight_decay,
+            "max_grad_norm": t.max_grad_norm,
+            **{f"data_weights.{name}": value for name, value in d.data_weights.items()},
+            **{f"weight of dataset '{ds.name}'": ds.weight for ds in d.data},
+        }
+        for name, value in numbers.items():
+            # NaN or inf in a hyper-parameter turns every weight into NaN at the first step
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value!r}")
         for name, value in (("lr", t.lr), ("temperature", m.temperature)):
-            if not isinstance(value, (int, float)) or not value > 0:
+            if not value > 0:
                 raise UserError(f"{name} must be > 0, got {value!r}")
-        if not isinstance(t.warmup, (int, float)) or t.warmup < 0:
+        if t.warmup < 0:
             raise UserError(f"warmup must be >= 0 (a fraction < 1 or a number of steps), got {t.warmup!r}")
         if t.weight_decay < 0:
             raise UserError(f"weight_decay must be >= 0, got {t.weight_decay!r}")
+        if t.max_grad_norm < 0:
+            raise UserError(f"max_grad_norm must be >= 0 (0: no clipping), got {t.max_grad_norm!r}")
         if t.dtype not in DTYPES:
             raise UserError(f"unknown dtype {t.dtype!r}", hint=f"choose one of {', '.join(DTYPES)}")
         if d.distillation is not None and d.distillation not in DISTILLATIONS:
@@ -271,6 +289,43 @@ class TrainConfig:
     def dataset_weights(self) -> dict[str, float]:
         """Weight of each dataset: ``data_weights`` wins over the dataset's own ``weight``."""
         return {ds.name: float(self.data.data_weights.get(ds.name, ds.weight)) for ds in self.data.data}
+
+
+def recipe_section(
+    mapping: Any,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    reserved: Sequence[str] = (),
+    datasets: Sequence[str] = (),
+    source: str = "config",
+) -> dict[str, Any]:
+    """A partial training recipe (flat keys, e.g. the pipeline recipe's ``train:``), checked and normalised.
+
+    Why: a recipe that embeds a training recipe uses THIS class's keys and checks rather than a second, drifting
+    copy of them: unknown keys and bad values fail at load time, before anything runs (not after an hour of
+    scoring). ``defaults`` fill keys the section leaves out; ``reserved`` are keys the caller sets itself (data,
+    output ...) and refuses here; ``datasets``: the names the caller's data will have (checked against
+    ``data_weights``). Returns ``defaults`` updated with the section, values as :meth:`TrainConfig.from_dict` reads
+    them (``"5e-5"`` -> 5e-05).
+    """
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        raise UserError(f"{source} must be a mapping of training flag names to values")
+    given = {str(key).replace("-", "_"): value for key, value in mapping.items()}
+    taken = sorted(set(given) & set(reserved))
+    if taken:
+        raise UserError(f"{source}: {', '.join(taken)} cannot be set here", hint="the recipe sets them itself")
+    section = {**(defaults or {}), **given}
+    built = TrainConfig.from_dict(section, source=source)
+    # the whole recipe's checks, with stand-ins for what the caller fills in later
+    stand_ins = {"data": [DatasetConfig(name=str(name), path="-") for name in (datasets or ["data"])], "output": "-"}
+    try:
+        TrainConfig.from_dict({**section, **stand_ins}, source=source).validate()
+    except UserError as exc:
+        raise UserError(f"{source}: {exc.line()}") from None
+    values = built.to_dict()
+    return {key: values[key] for key in section}
 
 
 def parse_datasets(value: Any, *, base_dir: str | Path | None = None, source: str = "config") -> list[DatasetConfig]:

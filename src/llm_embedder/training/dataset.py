@@ -2,10 +2,11 @@
 
 :func:`load_training_sets` reads each ``--data`` file, decides its task, applies the task's (resolved) training
 settings and rejects bad input with ONE line naming file:line and field - unscored records where the loss needs
-teacher scores, records no group can be built from - before any model is loaded. The lrlm-style margin filter drops
+teacher scores, records no group can be built from - before any model is loaded (or, with ``skip_invalid``, leaves such records out
+and counts them). The lrlm-style margin filter drops
 records here too (counted, reported in the log and the model card).
 
-:class:`GroupDataset` is the ``Dataset`` the DataLoader reads: an item is a :class:`~.sampler.SampleRef`, whose seed
+:class:`GroupDataset` is the ``Dataset`` the DataLoader reads: an item is a :class:`~.batch_sampler.SampleRef`, whose seed
 drives the group sampling, so data-loader workers can build groups in parallel and the result does not depend on
 which worker did it.
 """
@@ -23,9 +24,9 @@ from llm_embedder.data.records import read_records
 from llm_embedder.errors import DataError, UserError
 from llm_embedder.tasks.registry import TaskRegistry
 from llm_embedder.tasks.spec import TrainingSpec
+from llm_embedder.training.batch_sampler import SampleRef
 from llm_embedder.training.config import DatasetConfig, TrainConfig
-from llm_embedder.training.sampler import SampleRef
-from llm_embedder.training.sampling import Candidates, GroupSampler
+from llm_embedder.training.group_sampler import Candidates, GroupSampler
 from llm_embedder.training.task_losses import build_group_sampler, resolve_training_spec, uses_teacher_scores
 
 
@@ -42,6 +43,9 @@ class TrainingSet:
     weight: float = 1.0
     #: records dropped by the teacher-score margin filter
     dropped: int = 0
+    #: invalid records left out under ``skip_invalid`` (--skip-invalid), and the first one's error line
+    skipped: int = 0
+    first_skip: str | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -75,7 +79,9 @@ def dataset_task(dataset: DatasetConfig, registry: TaskRegistry, record_tasks: s
 def load_training_set(dataset: DatasetConfig, config: TrainConfig, registry: TaskRegistry) -> TrainingSet:
     """Read, check and prepare one dataset (see the module docstring)."""
     forced = dataset.task or (dataset.name if dataset.name in registry else None)
-    records = list(read_records(dataset.path, task=forced, registry=registry))
+    skip_invalid = config.data.skip_invalid
+    skipped: list[DataError] | None = [] if skip_invalid else None
+    records = list(read_records(dataset.path, task=forced, registry=registry, skipped=skipped))
     task = dataset_task(dataset, registry, {r.task for r in records})
     spec = resolve_training_spec(
         registry.get(task).training,
@@ -107,11 +113,15 @@ def load_training_set(dataset: DatasetConfig, config: TrainConfig, registry: Tas
             problems.append((record.source, *problem))
             continue
         items.append(candidates)
-    if problems:
+    if problems and not skip_invalid:
         source, field_name, message, hint = problems[0]
         more = f" (and {len(problems) - 1} more record(s) of {dataset.path})" if len(problems) > 1 else ""
         path, lineno = _where(source)
         raise DataError(path, lineno, message + more, field=field_name, hint=hint)
+    skip_lines = [str(e) for e in skipped or []]
+    for source, field_name, message, hint in problems:
+        path, lineno = _where(source)
+        skip_lines.append(str(DataError(path, lineno, message, field=field_name, hint=hint)))
 
     kept = [c for c in items if sampler.keeps(c)]
     return TrainingSet(
@@ -123,6 +133,8 @@ def load_training_set(dataset: DatasetConfig, config: TrainConfig, registry: Tas
         items=kept,
         weight=config.dataset_weights()[dataset.name],
         dropped=len(items) - len(kept),
+        skipped=len(skip_lines),
+        first_skip=skip_lines[0] if skip_lines else None,
     )
 
 

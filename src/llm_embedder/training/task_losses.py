@@ -21,6 +21,7 @@ from typing import Any
 from llm_embedder.errors import UserError
 from llm_embedder.tasks.spec import TrainingSpec
 from llm_embedder.training.config import DISTILLATIONS
+from llm_embedder.training.group_sampler import GroupSampler
 from llm_embedder.training.losses import (
     LOSSES,
     ContrastiveLoss,
@@ -29,7 +30,6 @@ from llm_embedder.training.losses import (
     StabilizedDistillationLoss,
     WeightedLoss,
 )
-from llm_embedder.training.sampling import GroupSampler
 
 LossFactory = Callable[[TrainingSpec, float], GroupLoss]
 

@@ -9,7 +9,7 @@ loss modules on ``(features, labels)``, gradient caching via its ``CachedLossMix
 What :class:`LLMEmbedderTrainer` adds:
 
 * :meth:`~LLMEmbedderTrainer.get_train_dataloader`: a normal ``DataLoader`` (workers, prefetch) over
-  :class:`~.dataset.GroupDataset` with the :class:`~.sampler.HomogeneousBatchSampler` and the
+  :class:`~.dataset.GroupDataset` with the :class:`~.batch_sampler.HomogeneousBatchSampler` and the
   :class:`~.collator.GroupCollator`, prepared by accelerate. The sampler yields each step's per-process batches as
   one block, and accelerate's shard deals block member ``r`` to rank ``r``, so all ranks of a step read one dataset.
   (sentence-transformers' own ``multi_dataset_batch_sampler`` hook cannot give this: it is called with per-process
@@ -17,6 +17,10 @@ What :class:`LLMEmbedderTrainer` adds:
 * the sampler's epoch is set from the global step, and its position + fingerprint are written into every checkpoint
   (``sampler_state.json``) and checked on resume: a resumed run with other data, batch size, process count or seed
   would silently follow another sequence, so it is refused.
+* a guard: a non-finite loss or gradient stops the run with one line naming the step and the dataset, before the
+  optimizer step, so the weights and the checkpoints stay good and no final model is written.
+* the loss of every step (averaged over the processes) is kept and saved with each checkpoint, so the reported
+  training loss is the mean over ALL steps of the run, a resumed one included.
 * an optional batch log (which dataset and records each step of each process used) and per-dataset losses.
 
 :func:`train` is the Python API (``train(config) -> output folder``) the CLI and the pipeline call.
@@ -26,8 +30,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -41,21 +45,38 @@ from transformers import TrainerCallback
 
 from llm_embedder.errors import UserError
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
-from llm_embedder.training.checkpoints import SAMPLER_STATE, read_sampler_state, resume_point
+from llm_embedder.training.batch_sampler import BatchMixing, HomogeneousBatchSampler
+from llm_embedder.training.checkpoints import (
+    LOSS_HISTORY,
+    SAMPLER_STATE,
+    latest_checkpoint,
+    read_loss_history,
+    read_sampler_state,
+    resume_point,
+)
 from llm_embedder.training.collator import GroupCollator
 from llm_embedder.training.config import TrainConfig
 from llm_embedder.training.dataset import GroupDataset, TrainingSet, load_training_sets
 from llm_embedder.training.losses import GroupLoss, MultiTaskLoss
 from llm_embedder.training.model_card import render_model_card
-from llm_embedder.training.sampler import BatchMixing, HomogeneousBatchSampler
+from llm_embedder.training.run_folder import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    check_output,
+    is_finished,
+    publish,
+    recover,
+    staging_folder,
+    wait_for_recovery,
+)
 from llm_embedder.training.task_losses import build_task_loss, describe_loss
 from llm_embedder.utils.files import write_json
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-CONFIG_FILE = "training_config.json"
-SUMMARY_FILE = "training_summary.json"
+#: a fixed seed for the data loader's own generator (see ``get_train_dataloader``)
+_LOADER_SEED = 0
 
 
 class _SamplerEpochCallback(TrainerCallback):
@@ -106,7 +127,8 @@ class LLMEmbedderTrainer(SentenceTransformerTrainer):
         self.group_dataset = group_dataset
         self.batch_sampler = batch_sampler
         self.batch_log = Path(batch_log) if batch_log is not None else None
-        self.dataset_losses: dict[str, list[float]] = defaultdict(list)
+        #: ``[step, dataset, loss]`` of every step of the run (loss averaged over the processes)
+        self.loss_history: list[list[Any]] = []
         super().__init__(
             model=model,
             args=args,
@@ -115,8 +137,21 @@ class LLMEmbedderTrainer(SentenceTransformerTrainer):
             callbacks=[_SamplerEpochCallback(batch_sampler), *(callbacks or [])],
         )
 
+    @property
+    def dataset_losses(self) -> dict[str, list[float]]:
+        """The step losses of each dataset, in step order."""
+        out: dict[str, list[float]] = defaultdict(list)
+        for _, dataset, loss in self.loss_history:
+            out[str(dataset)].append(float(loss))
+        return out
+
     def get_train_dataloader(self) -> DataLoader:
         workers = self.args.dataloader_num_workers
+        # The loader's own generator: without one, every new iterator draws its base seed from the GLOBAL torch
+        # RNG, the one dropout uses. Persistent workers create the iterator once per run, so a resumed run (a fresh
+        # iterator for the rest of the epoch, another at the next epoch) drew once more than an uninterrupted one
+        # and its dropout masks shifted at the epoch boundary. The workers need no randomness of their own: group
+        # sampling is seeded per item (SampleRef.seed).
         loader = DataLoader(
             self.group_dataset,
             batch_sampler=self.batch_sampler,
@@ -125,6 +160,7 @@ class LLMEmbedderTrainer(SentenceTransformerTrainer):
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=workers > 0 and self.args.dataloader_persistent_workers,
             prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+            generator=torch.Generator().manual_seed(_LOADER_SEED),
         )
         # like sentence-transformers: no padding of uneven last batches during training
         self.accelerator.even_batches = False
@@ -135,8 +171,11 @@ class LLMEmbedderTrainer(SentenceTransformerTrainer):
         sample_ids = inputs.pop("sample_ids", None)
         dataset_name = inputs.get("dataset_name")
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if dataset_name is not None:
-            self.dataset_losses[str(dataset_name)].append(float(loss))
+        # gradient accumulation is refused, so the gradients are this step's, and the optimizer has not used them
+        mean_loss, finite = self._check_step(model, loss)
+        if not finite:
+            raise UserError(self._non_finite_message(mean_loss, dataset_name))
+        self.loss_history.append([self.state.global_step + 1, dataset_name, mean_loss])
         if self.batch_log is not None:
             self.batch_log.mkdir(parents=True, exist_ok=True)
             entry = {
@@ -149,6 +188,41 @@ class LLMEmbedderTrainer(SentenceTransformerTrainer):
             with open(self.batch_log / f"batches-rank{self.args.process_index}.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry) + "\n")
         return loss
+
+    def _check_step(self, model: Any, loss: torch.Tensor) -> tuple[float, bool]:
+        """The step's loss averaged over the processes, and whether loss and gradients are finite on all of them.
+
+        One all-reduce carries both, so every process takes the same decision (one stopping alone would hang the
+        others in their next collective).
+        """
+        # fp16 scales the loss: an overflowing gradient is normal there, and the scaler skips that optimizer step
+        scaled = getattr(self.accelerator, "scaler", None) is not None
+        grads = [] if scaled else [p.grad for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        loss_value = loss.detach().float().reshape(()).cpu()
+        bad = (~torch.isfinite(loss_value)) | (~torch.isfinite(grad_norm.detach().float().cpu()))
+        flags = torch.stack([torch.where(bad, 0.0, loss_value), bad.float()]).to(loss.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flags)
+            flags[0] /= torch.distributed.get_world_size()
+        total, bad_count = flags.tolist()
+        if bad_count > 0:
+            return float(loss_value), False
+        return total, True
+
+    def _non_finite_message(self, loss: float, dataset_name: Any) -> str:
+        step = self.state.global_step + 1
+        what = f"the loss is {loss}" if not math.isfinite(loss) else "a gradient is not finite"
+        where = f"dataset '{dataset_name}'"
+        for ts in self.group_dataset.sets:
+            if ts.name == dataset_name:
+                where += f" (task {ts.task}, {ts.path})"
+        latest = latest_checkpoint(self.args.output_dir)
+        kept = f"the last good checkpoint is {latest}" if latest is not None else "no checkpoint was saved yet"
+        return (
+            f"training stopped at step {step}: {what} on {where}; no model was written and {kept} "
+            "(check that dataset's records and scores, or lower --lr)"
+        )
 
     def sampler_state(self) -> dict[str, Any]:
         """The sampler's position as the training loop sees it (the data loader prefetches ahead of it)."""
@@ -163,6 +237,7 @@ class LLMEmbedderTrainer(SentenceTransformerTrainer):
         super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         write_json(Path(output_dir) / SAMPLER_STATE, self.sampler_state())
+        write_json(Path(output_dir) / LOSS_HISTORY, self.loss_history)
 
 
 # ---------------------------------------------------------------------------------------------------- the API
@@ -247,12 +322,20 @@ def train(
     config.validate()
     out = Path(config.training.output)
     checkpoints_dir = out / CHECKPOINTS
+    if _is_main_process():
+        recover(out)
+    else:
+        wait_for_recovery(out)
+    if is_finished(out) and config.training.resume:
+        _say(f"{out} already holds the finished model of this run; nothing to resume")
+        return str(out)
+    if (out / "llm_embedder.json").is_file():
+        raise UserError(
+            f"{out} already holds a trained model",
+            hint="pass --resume to accept a finished run as done, choose another output folder, or delete it",
+        )
+    check_output(out)
     resume_from = resume_point(checkpoints_dir, resume=config.training.resume)
-    if resume_from is None and (out / "llm_embedder.json").is_file():
-        if config.training.resume and (out / SUMMARY_FILE).is_file():
-            _say(f"{out} already holds the finished model of this run; nothing to resume")
-            return str(out)
-        raise UserError(f"{out} already holds a trained model", hint="choose another output folder or delete it")
     if config.training.resume and resume_from is None:
         _say(f"no checkpoint in {checkpoints_dir}: starting from the beginning")
 
@@ -300,6 +383,7 @@ def train(
         query_max_length=config.model.query_max_length,
         key_max_length=config.model.key_max_length,
         fit_texts=embedder.fit_texts,
+        tail_tasks=[name for name in loss.task_names if registry.get(name).query_truncation == "left"],
     )
     steps_share = sampler.steps_per_dataset()
     _say(
@@ -313,6 +397,9 @@ def train(
             f"  {ts.name}: task {ts.task}, {len(ts)} records{dropped}, {steps_share.get(ts.name, '-')} steps/epoch, "
             f"loss = {describe_loss(task_losses[ts.task])}"
         )
+    for ts in sets:
+        if ts.skipped:
+            _say(f"  {ts.name}: skipped {ts.skipped} invalid record(s) of {ts.path} (first: {ts.first_skip})")
     if resume_from is not None:
         _say(f"resuming from {resume_from}")
 
@@ -330,19 +417,21 @@ def train(
         batch_log=out if config.training.log_batches else None,
         callbacks=callbacks,
     )
+    if resume_from is not None:
+        trainer.loss_history = read_loss_history(resume_from)
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     runtime = time.perf_counter() - started
 
-    # 4. the trained model, its card and summary (process 0)
+    # 4. the trained model, its card and summary (process 0), written aside and published in one rename
     if trainer.is_world_process_zero():
-        summary = _summary(config, sets, sampler, task_losses, trainer, result, runtime, world_size, embedder)
+        summary = _summary(config, sets, sampler, task_losses, trainer, runtime, world_size, embedder)
         embedder.model.eval()
-        embedder.save(out, model_card=render_model_card(summary))
-        write_json(out / CONFIG_FILE, config.to_json())
-        write_json(out / SUMMARY_FILE, summary)
-        if not config.training.keep_checkpoints:
-            shutil.rmtree(checkpoints_dir, ignore_errors=True)
+        staging = staging_folder(out)
+        embedder.save(staging, model_card=render_model_card(summary))
+        write_json(staging / CONFIG_FILE, config.to_json())
+        write_json(staging / SUMMARY_FILE, summary)  # last: the staging folder is complete
+        publish(out, keep_checkpoints=config.training.keep_checkpoints)
         _say(f"saved {out} (training loss {summary['metrics']['training_loss']:.4f})")
     trainer.accelerator.wait_for_everyone()
     return str(out)
@@ -354,12 +443,12 @@ def _summary(
     sampler: HomogeneousBatchSampler,
     task_losses: Mapping[str, GroupLoss],
     trainer: LLMEmbedderTrainer,
-    result: Any,
     runtime: float,
     world_size: int,
     embedder: Any,
 ) -> dict[str, Any]:
     history = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    step_losses = [float(loss) for _, _, loss in trainer.loss_history]
     steps_share = sampler.steps_per_dataset()
     steps_run = trainer.state.global_step - getattr(trainer, "_initial_global_step", 0)
     return {
@@ -374,6 +463,7 @@ def _summary(
                 "path": ts.path,
                 "records": len(ts),
                 "dropped": ts.dropped,
+                "skipped": ts.skipped,
                 "weight": ts.weight,
                 "steps_per_epoch": steps_share.get(ts.name, "-") if not config.data.mixed_batches else "mixed",
                 "loss": describe_loss(task_losses[ts.task]),
@@ -382,7 +472,8 @@ def _summary(
         ],
         "metrics": {
             "steps": trainer.state.global_step,
-            "training_loss": float(result.training_loss),
+            # the mean over every step of the run (Hugging Face's own counts only the steps since a resume)
+            "training_loss": sum(step_losses) / len(step_losses) if step_losses else None,
             "last_loss": history[-1] if history else None,
             "runtime_s": runtime,
             "queries_per_second": steps_run * sampler.global_batch_size / runtime if runtime > 0 else None,

@@ -2,6 +2,9 @@
 
 Unknown keys are errors, so a typo never silently falls back to a default; shared by the task table, the training
 recipe and the pipeline recipe.
+
+A string that spells a number is accepted for a ``float`` field: YAML 1.1 (PyYAML) reads ``5e-5`` - without a dot -
+as the string ``"5e-5"``, and a recipe saying ``lr: 5e-5`` means the number.
 """
 
 from __future__ import annotations
@@ -31,4 +34,22 @@ def build_dataclass(klass: type, data: Any, where: str, *, noun: str = "field") 
     ]
     if missing:
         raise UserError(f"{where}: missing {noun}(s) {', '.join(missing)}")
-    return klass(**data)
+    values = dict(data)
+    for f in fields:
+        if f.name in values and isinstance(values[f.name], str) and _is_float_field(f):
+            values[f.name] = _number(values[f.name], f"{where}: {f.name}")
+    return klass(**values)
+
+
+_FLOAT_TYPES = ("float", "float | None", "Optional[float]", "int | float", "float | int")
+
+
+def _is_float_field(f: dataclasses.Field) -> bool:
+    return f.type in _FLOAT_TYPES or f.type in (float, float | None)
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{where} must be a number, got {text!r}") from None
