@@ -170,7 +170,12 @@ def info_to_json(info: CollectionInfo) -> str:
 
 
 def info_from_json(text: str) -> CollectionInfo:
-    return CollectionInfo(**json.loads(text))
+    try:
+        raw = json.loads(text)
+        known = set(CollectionInfo.__dataclass_fields__)
+        return CollectionInfo(**{k: v for k, v in raw.items() if k in known})
+    except (json.JSONDecodeError, TypeError, AttributeError):
+        raise UserError(f"unreadable collection record {text[:80]!r}", hint="the store was not written by us") from None
 
 
 def same_settings(a: CollectionInfo, b: CollectionInfo) -> bool:
