@@ -245,12 +245,12 @@ class _DenseCache:
         faiss = _faiss()
         if self.dead:
             keep = [i for i, a in enumerate(self.alive) if a]
+            self._buffer = np.ascontiguousarray(self.vectors[keep])
             self.seqs = [self.seqs[i] for i in keep]
             self.scopes = [self.scopes[i] for i in keep]
             self.ids = [self.ids[i] for i in keep]
             self.metadata = [self.metadata[i] for i in keep]
             self.alive = [True] * len(keep)
-            self._buffer = np.ascontiguousarray(self.vectors[keep])
             self.where = {(s, d): i for i, (s, d) in enumerate(zip(self.scopes, self.ids, strict=True))}
             self.by_scope = {}
             for i, s in enumerate(self.scopes):

@@ -389,6 +389,9 @@ class MilvusStore(Store):
         if info is None:
             known = ", ".join(i.name for i in self.list_collections()) or "none"
             raise UserError(f"no collection {name!r} in {self.uri} (known: {known})")
+        state = str(self.client.get_load_state(name).get("state", ""))
+        if not state.endswith("Loaded"):  # a restarted server keeps collections released until asked
+            self.client.load_collection(name)
         return MilvusCollection(self, info)
 
     def list_collections(self) -> list[CollectionInfo]:
