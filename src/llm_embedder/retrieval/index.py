@@ -262,7 +262,9 @@ class CorpusScan:
     linenos: np.ndarray  # int64 (rows,), 1-based, for error messages
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+        # mtime_ns: a cheap first test at search time of whether the file may have changed (then the checksum decides)
+        mtime_ns = Path(self.path).stat().st_mtime_ns if Path(self.path).is_file() else None
+        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256, "mtime_ns": mtime_ns}
 
 
 def _open_corpus(path: Path) -> IO[bytes]:
@@ -350,15 +352,52 @@ def read_corpus_rows(scan: CorpusScan, start: int, stop: int) -> list[dict[str, 
     return out
 
 
-class CorpusRows:
-    """Random access to the rows of a corpus file through saved byte offsets (no need to load the corpus)."""
+def corpus_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a corpus file's (uncompressed) bytes, as recorded by :func:`scan_corpus`."""
+    path = Path(path)
+    if path.suffix != ".gz":
+        return _sha256_file(path)
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    def __init__(self, path: str | os.PathLike[str], offsets: np.ndarray) -> None:
+
+class CorpusRows:
+    """Random access to the rows of a corpus file through saved byte offsets (no need to load the corpus).
+
+    ``recorded`` is the corpus fingerprint saved at indexing time (``bytes``, ``sha256``, ``mtime_ns``): a file
+    whose size or modification time differs is checksummed, and a changed corpus is one clear line instead of the
+    "malformed JSON" or wrong rows that stale offsets would give.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], offsets: np.ndarray, recorded: dict[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
         self.offsets = offsets
+        self.recorded = recorded or {}
         if not self.path.is_file():
             raise UserError(
                 f"corpus {self.path} (recorded in the index) not found", hint="pass --corpus with its new location"
+            )
+        stat = self.path.stat()
+        size_differs = self.path.suffix != ".gz" and "bytes" in self.recorded and stat.st_size != self.recorded["bytes"]
+        mtime = self.recorded.get("mtime_ns")
+        if size_differs or (mtime is not None and stat.st_mtime_ns != mtime):
+            self.check_unchanged()
+
+    def check_unchanged(self) -> None:
+        """Raise the one-line "corpus changed" error when the file's checksum differs from the recorded one."""
+        old = self.recorded.get("sha256")
+        if not old:
+            return
+        now = corpus_sha256(self.path)
+        if now != old:
+            raise UserError(
+                f"{self.path}: corpus changed since indexing (checksum {now[:16]}, indexed {old[:16]})",
+                hint="rebuild the index (`llm-embedder index --overwrite`), or pass --corpus with the indexed file",
             )
 
     def __len__(self) -> int:
@@ -372,7 +411,11 @@ class CorpusRows:
                 if not 0 <= row < len(self):
                     raise UserError(f"corpus row {row} out of range (the index knows {len(self)} rows)")
                 handle.seek(int(self.offsets[row]))
-                found[row] = _parse_row(handle.readline(), f"{self.path} (row {row})", None)
+                try:
+                    found[row] = _parse_row(handle.readline(), f"{self.path} (row {row})", None)
+                except DataError:
+                    self.check_unchanged()  # an edit the size/time test missed: say so rather than "malformed"
+                    raise
         return [found[int(r)] for r in rows]
 
 
