@@ -145,19 +145,24 @@ def rank_candidates_dense(
 ) -> list[list[int]]:
     """For each query, the positions of its own candidates (chat history, lrlm chunks), best first.
 
-    All queries and all candidates are encoded in two batched calls; ties keep the original order.
+    Candidates repeat across records (shared history, overlapping chunks), so each distinct text is encoded once;
+    all queries and all distinct candidates are encoded in two batched calls; ties keep the original order.
     """
     if len(queries) != len(candidate_lists):
         raise UserError(f"{len(queries)} queries but {len(candidate_lists)} candidate lists")
+    distinct: dict[str, int] = {}
+    for cands in candidate_lists:
+        for text in cands:
+            distinct.setdefault(text, len(distinct))
     q = embedder.encode_queries(list(queries), task=task, batch_size=batch_size)
-    flat = [c for cands in candidate_lists for c in cands]
-    keys = embedder.encode_keys(flat, task=task, batch_size=batch_size)
+    keys = embedder.encode_keys(list(distinct), task=task, batch_size=batch_size)
     out: list[list[int]] = []
-    start = 0
     for i, cands in enumerate(candidate_lists):
-        block = keys[start : start + len(cands)]
-        start += len(cands)
-        out.append(top_k_desc(block @ q[i], len(cands)).tolist() if len(cands) else [])
+        if not cands:
+            out.append([])
+            continue
+        sims = keys[[distinct[t] for t in cands]] @ q[i]
+        out.append(top_k_desc(sims, len(cands)).tolist())
     return out
 
 

@@ -37,6 +37,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from llm_embedder.data.jsonl import decode_json_line, readable_gzip
 from llm_embedder.errors import DataError, UserError
 from llm_embedder.retrieval.base import SearchResult
 from llm_embedder.utils.files import atomic_write
@@ -280,7 +281,7 @@ def scan_corpus(path: str | os.PathLike[str]) -> CorpusScan:
     offsets: list[int] = []
     linenos: list[int] = []
     position = 0
-    with _open_corpus(path) as handle:
+    with readable_gzip(path), _open_corpus(path) as handle:
         for lineno, raw in enumerate(handle, start=1):
             digest.update(raw)
             if raw.strip() and raw.strip() != b"\xef\xbb\xbf":
@@ -317,19 +318,7 @@ def corpus_prefix_sha256(path: str | os.PathLike[str], nbytes: int) -> str:
 
 
 def _parse_row(raw: bytes, path: str, lineno: int | None) -> dict[str, Any]:
-    try:
-        text = raw.decode("utf-8").lstrip("\ufeff")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            path, lineno, f"not valid UTF-8 (byte {exc.start})", hint="re-encode the file as UTF-8"
-        ) from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(path, lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-    return obj
+    return decode_json_line(raw, path, lineno)
 
 
 def read_corpus_rows(scan: CorpusScan, start: int, stop: int) -> list[dict[str, Any]]:

@@ -1,21 +1,34 @@
 """Name -> retriever, once for the whole project (evaluation, the negatives builder, ``llm-embedder search`` and the
 server all call this module).
 
+* :func:`build_retriever`: the spec strings of ``eval`` / ``build negatives`` - ``none``, ``random``, ``recency``,
+  ``bm25``, ``hybrid[:ENCODER]``, an encoder (``default``, a folder, a hub id), an index folder or a store URI -
+  optionally labelled ``LABEL=SPEC``; the classes live in :mod:`llm_embedder.retrieval.baselines`;
+* :func:`corpus_retriever`: the same names as a :class:`Retriever` over one corpus (built once);
 * :func:`open_index`: an index target - a folder written by ``llm-embedder index`` or a store URI
-  ``milvus://HOST:PORT/COLLECTION`` - opened for search by corpus row, with the query encoder it recorded;
-* :func:`build_retriever` (in :mod:`llm_embedder.evaluation.retrievers`, which re-exports the baselines): the spec
-  strings of ``eval`` / ``build negatives`` (``none``, ``random``, ``recency``, ``bm25``, ``hybrid``, an encoder).
+  ``milvus://HOST:PORT/COLLECTION`` - opened for search by corpus row, with the query encoder it recorded.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llm_embedder.errors import UserError
 from llm_embedder.retrieval.base import Retriever
+from llm_embedder.retrieval.baselines import (
+    BM25Retrieval,
+    EmbedderRetrieval,
+    HybridRetrieval,
+    IndexRetrieval,
+    NoRetrieval,
+    PoolRetriever,
+    RandomRetrieval,
+    RecencyRetrieval,
+)
 
 #: what part of an index a search uses
 INDEX_KINDS = ("auto", "dense", "bm25", "hybrid")
@@ -165,3 +178,84 @@ def _recorded_corpus_rows(uri: str, recorded: dict[str, Any], corpus: str | None
             hint="rebuild the collection (`llm-embedder index --overwrite`), or pass --corpus with the indexed file",
         )
     return CorpusRows(path, scan.offsets)
+
+
+# ---------------------------------------------------------------------------------------------------- spec strings
+EmbedderLoader = Callable[[str], Any]
+
+#: names that are baselines, not embedder folders
+BASELINES = ("none", "random", "recency", "bm25", "hybrid")
+
+
+def parse_retriever_spec(spec: str) -> tuple[str, str]:
+    """``"label=spec"`` -> ``(label, spec)``; a bare spec is its own label."""
+    spec = spec.strip()
+    if not spec:
+        raise UserError(
+            "empty retriever name", hint=f"use one of {', '.join(BASELINES)}, default, or an encoder folder"
+        )
+    label, sep, rest = spec.partition("=")
+    if sep and label and rest and "/" not in label and not Path(spec).exists():
+        return label.strip(), rest.strip()
+    return spec, spec
+
+
+def build_retriever(
+    spec: str,
+    *,
+    seed: int = 0,
+    load_embedder: EmbedderLoader | None = None,
+    index_options: dict[str, Any] | None = None,
+) -> PoolRetriever:
+    """The retriever a spec string names: ``none``, ``random``, ``recency``, ``bm25``, ``hybrid[:ENCODER]``, an index
+    folder or store URI (``index_options`` go to :func:`open_index`), or an encoder (``default``, folder, hub id).
+
+    ``load_embedder(path_or_id)`` loads an encoder; the default makes an :class:`LLMEmbedder` (one-line error
+    when the folder or hub id cannot be found). Pass a caching loader to share encoders between retrievers.
+    """
+    label, name = parse_retriever_spec(spec)
+    if load_embedder is None:
+        load_embedder = _load_embedder
+    if is_index_target(name):
+        return IndexRetrieval(label, name, **(index_options or {}))
+    if name == "none":
+        return NoRetrieval(label)
+    if name == "random":
+        return RandomRetrieval(label, seed=seed)
+    if name == "recency":
+        return RecencyRetrieval(label)
+    if name == "bm25":
+        return BM25Retrieval(label)
+    if name == "hybrid" or name.startswith("hybrid:"):
+        encoder = name.partition(":")[2] or "default"
+        return HybridRetrieval(label, [BM25Retrieval("bm25"), EmbedderRetrieval(encoder, load_embedder(encoder))])
+    return EmbedderRetrieval(label, load_embedder(name))
+
+
+def _load_embedder(name: str) -> Any:
+    from llm_embedder.model.embedder import LLMEmbedder
+
+    return LLMEmbedder(None if name == "default" else name)
+
+
+def caching_loader(**embedder_kwargs: Any) -> EmbedderLoader:
+    """An embedder loader that loads each encoder once (``default`` and ``hybrid`` then share one MiniLM)."""
+    cache: dict[str, Any] = {}
+
+    def load(name: str) -> Any:
+        if name not in cache:
+            from llm_embedder.model.embedder import LLMEmbedder
+
+            cache[name] = LLMEmbedder(None if name == "default" else name, **embedder_kwargs)
+        return cache[name]
+
+    return load
+
+
+def corpus_retriever(
+    spec: str, keys: Sequence[str], *, task: str, device: str | None = None, batch_size: int | None = None
+) -> Retriever:
+    """A :class:`Retriever` over the corpus ``keys`` from a spec string (an index must cover exactly these rows)."""
+    options = {k: v for k, v in {"device": device, "batch_size": batch_size}.items() if v is not None}
+    retriever = build_retriever(spec, load_embedder=caching_loader(**options), index_options=options)
+    return retriever.corpus_retriever(list(keys), task=task)

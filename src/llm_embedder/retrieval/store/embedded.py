@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -351,6 +351,25 @@ class EmbeddedCollection(Collection):
         self.store = store
         self.info = info
         self._cache: _DenseCache | None = None
+
+    def tune(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        """Trade recall for speed at query time in this process (HNSW ``ef_search``, IVF ``nprobe``)."""
+        extra = dict(self.info.extra)
+        if ef_search is not None:
+            extra["ef_search"] = int(ef_search)
+        if nprobe is not None:
+            extra["nprobe"] = int(nprobe)
+        self.info = replace(self.info, extra=extra)
+        with self.store._lock:
+            cache = self._view()
+            cache.info = self.info
+            index = cache.index
+            if index is None:
+                return
+            if ef_search is not None and hasattr(index, "hnsw"):
+                index.hnsw.efSearch = int(ef_search)
+            if nprobe is not None and hasattr(index, "nprobe"):
+                index.nprobe = int(nprobe)
 
     # ---------------------------------------------------------------- cache
     def _view(self) -> _DenseCache:
