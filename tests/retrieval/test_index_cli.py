@@ -14,7 +14,7 @@ from llm_embedder.cli.main import main
 from llm_embedder.errors import UserError
 from llm_embedder.model.truncation import CHARS_PER_TOKEN, clip_chars
 from llm_embedder.retrieval.dense import build_index_folder
-from llm_embedder.retrieval.index import read_manifest
+from llm_embedder.retrieval.folder import read_manifest
 from llm_embedder.utils.files import exclusive_lock
 
 

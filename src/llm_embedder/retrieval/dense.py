@@ -20,20 +20,16 @@ import numpy as np
 
 from llm_embedder.errors import DataError, UserError
 from llm_embedder.retrieval.base import SearchResult
-from llm_embedder.retrieval.index import (
+from llm_embedder.retrieval.corpus_file import (
     OFFSETS_FILE,
     CorpusScan,
-    DenseIndex,
-    IndexParams,
-    atomic_folder,
     corpus_prefix_sha256,
     read_corpus_rows,
-    read_manifest,
-    recover_folder,
     scan_corpus,
-    top_k_desc,
-    write_manifest,
 )
+from llm_embedder.retrieval.folder import atomic_folder, read_manifest, recover_folder, write_manifest
+from llm_embedder.retrieval.index import DenseIndex, IndexParams
+from llm_embedder.retrieval.ranking import top_k_desc
 from llm_embedder.tasks.spec import TaskSpec
 from llm_embedder.utils.files import atomic_write, exclusive_lock, write_json
 from llm_embedder.utils.templates import render_template, template_fields

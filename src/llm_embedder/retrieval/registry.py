@@ -45,7 +45,7 @@ class OpenedIndex:
     """A searchable index: the retriever (hits are corpus rows) and the reader of those rows' fields."""
 
     retriever: Retriever
-    rows: Any  # .get(list[int]) -> list[dict], see retrieval.index.CorpusRows
+    rows: Any  # .get(list[int]) -> list[dict], see retrieval.corpus_file.CorpusRows
     task: str
 
 
@@ -95,7 +95,7 @@ def _open_folder(
     nprobe: int | None,
     rerank: int | None,
 ) -> OpenedIndex:
-    from llm_embedder.retrieval.index import read_manifest
+    from llm_embedder.retrieval.folder import read_manifest
 
     manifest = read_manifest(folder)
     has_dense, has_bm25 = bool(manifest.get("dense")), bool(manifest.get("bm25"))
@@ -130,7 +130,7 @@ def _open_folder(
 def _folder_rows(folder: str, manifest: dict[str, Any], corpus: str | None) -> Any:
     import numpy as np
 
-    from llm_embedder.retrieval.index import CorpusRows
+    from llm_embedder.retrieval.corpus_file import CorpusRows
 
     recorded = manifest.get("corpus") or {}
     path = corpus or recorded.get("path")
@@ -166,7 +166,7 @@ def _open_store_collection(
 
 def _recorded_corpus_rows(uri: str, recorded: dict[str, Any], corpus: str | None) -> Any:
     """Rows of the corpus a collection was built from (scanned once: a store keeps no byte offsets)."""
-    from llm_embedder.retrieval.index import CorpusRows, scan_corpus
+    from llm_embedder.retrieval.corpus_file import CorpusRows, scan_corpus
 
     path = corpus or recorded.get("path")
     if not path or not Path(path).is_file():

@@ -41,8 +41,8 @@ def index_corpus(
     """Encode the rows of ``corpus`` into the collection ``name`` of ``store`` (created if needed)."""
     from tqdm.auto import tqdm
 
+    from llm_embedder.retrieval.corpus_file import read_corpus_rows, scan_corpus
     from llm_embedder.retrieval.dense import _encoder_section, _render_keys
-    from llm_embedder.retrieval.index import read_corpus_rows, scan_corpus
     from llm_embedder.utils.templates import template_fields
 
     spec = embedder.task(task)

@@ -585,7 +585,7 @@ def _fuse(
 ) -> list[list[tuple[int, float]]]:
     """RRF of dense and BM25 hits (by seq, so ties fall to insertion order), back to positions."""
     from llm_embedder.retrieval.fusion import reciprocal_rank_fusion
-    from llm_embedder.retrieval.index import pad_result
+    from llm_embedder.retrieval.ranking import pad_result
 
     def as_result(ranked: list[list[tuple[int, float]]]) -> SearchResult:
         depth = max([len(h) for h in ranked] + [1])
