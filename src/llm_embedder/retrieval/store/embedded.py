@@ -63,7 +63,7 @@ HYBRID_DEPTH = 100
 #: default ANN settings (tuned in benchmarks/store.py: recall@10 >= 0.95 on 100k x 384)
 ANN_DEFAULTS: dict[str, dict[str, int]] = {
     "hnsw": {"M": 32, "ef_construction": 100, "ef_search": 64},
-    "ivf": {"nlist": 0, "nprobe": 16},  # nlist 0 = 4 * sqrt(n) at build time
+    "ivf": {"nlist": 0, "nprobe": 8},  # nlist 0 = 4 * sqrt(n) at build time
 }
 
 _SCHEMA = """
