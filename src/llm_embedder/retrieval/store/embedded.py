@@ -646,7 +646,8 @@ class EmbeddedStore(Store):
                 collection._cache = None
 
     def _info(self, name: str) -> CollectionInfo | None:
-        row = self._db.execute("SELECT info FROM collections WHERE name = ?", (name,)).fetchone()
+        with self._lock:  # one connection shared by threads: every statement under the store's lock
+            row = self._db.execute("SELECT info FROM collections WHERE name = ?", (name,)).fetchone()
         return None if row is None else info_from_json(row[0])
 
     def create_collection(self, info: CollectionInfo, *, exist_ok: bool = False) -> Collection:
@@ -684,7 +685,8 @@ class EmbeddedStore(Store):
             return self._collections[name]
 
     def list_collections(self) -> list[CollectionInfo]:
-        rows = self._db.execute("SELECT info FROM collections ORDER BY name").fetchall()
+        with self._lock:
+            rows = self._db.execute("SELECT info FROM collections ORDER BY name").fetchall()
         return [info_from_json(r[0]) for r in rows]
 
     def drop_collection(self, name: str) -> None:
