@@ -13,15 +13,15 @@ from llm_embedder.retrieval.base import Retriever, SearchResult
 _LAZY = {
     "DenseIndex": "index",
     "IndexParams": "index",
-    "CorpusRows": "index",
-    "top_k_desc": "index",
+    "CorpusRows": "corpus_file",
+    "top_k_desc": "ranking",
     "DenseRetriever": "dense",
     "build_index_folder": "dense",
     "rank_candidates_dense": "dense",
     "BM25Retriever": "bm25",
     "rank_candidates_bm25": "bm25",
     "HybridRetriever": "hybrid",
-    "reciprocal_rank_fusion": "hybrid",
+    "reciprocal_rank_fusion": "fusion",
 }
 
 __all__ = ["Retriever", "SearchResult", *_LAZY]
