@@ -99,7 +99,7 @@ def cache_key(model_path: str | os.PathLike[str], dtype: str) -> str:
 
 
 def onnx_cache_dir() -> Path:
-    from llm_embedder.lm.loading import cache_dir
+    from llm_embedder.utils.cache import cache_dir
 
     return cache_dir() / "onnx"
 

@@ -17,6 +17,7 @@ from llm_embedder.pipeline.build import build_task
 from llm_embedder.pipeline.config import PipelineConfig
 from llm_embedder.pipeline.stages import StageTracker
 from llm_embedder.tasks.registry import TASKS
+from llm_embedder.utils.paths import check_name
 
 
 class Pipeline:
@@ -32,7 +33,10 @@ class Pipeline:
         self.device = device
         self._lms: dict[str, tuple[Any, Any]] = {}
         for task in config.tasks:
+            check_name(task, what="task", where="recipe")
             TASKS.get(task)  # unknown task names fail before any work
+        for variant in config.variants:
+            check_name(variant, what="variant", where="recipe")  # it becomes RUN/models/<variant>
 
     # ------------------------------------------------------------------ helpers
     def lm(self, name: str | None = None) -> tuple[Any, Any]:

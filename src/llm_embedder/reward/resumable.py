@@ -32,7 +32,7 @@ from llm_embedder.reward.distributed import DistributedContext
 from llm_embedder.reward.prompts import RecordPrompts, check_record
 from llm_embedder.reward.scorer import RewardScorer
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
-from llm_embedder.utils.files import atomic_write, write_json
+from llm_embedder.utils.files import atomic_write, exclusive_lock, write_json
 
 STATE_VERSION = 1
 
@@ -85,6 +85,19 @@ def partial_paths(output: Path, dist: DistributedContext, rank: int | None = Non
     suffix = ".partial" if dist.world_size == 1 else f".rank{rank}-of-{dist.world_size}.partial"
     partial = output.with_name(output.name + suffix)
     return partial, partial.with_name(partial.name + ".state.json")
+
+
+def score_lock(output: str | os.PathLike[str], dist: DistributedContext | None = None) -> Any:
+    """The lock that makes this process the only writer of ``output``'s work files (hold it for the whole run).
+
+    Two runs with the same ``-o`` would append to one ``OUT.partial`` and move one state file forward in turns,
+    losing records while both report success. Rank 0 (or the single process) locks ``OUT`` itself; the other ranks
+    of a ``torchrun`` job lock their own part, so the job's ranks do not refuse each other.
+    """
+    dist = dist or DistributedContext.from_env()
+    output = Path(output)
+    target = output if dist.is_main else partial_paths(output, dist)[0]
+    return exclusive_lock(target, what="scored output")
 
 
 def file_fingerprint(path: Path, options: dict[str, Any]) -> str:
@@ -169,6 +182,7 @@ def score_file(
     dist: DistributedContext | None = None,
     restart: bool = False,
     show_progress: bool = True,
+    lock: bool = True,
 ) -> ScoreFileResult:
     """Fill ``teacher_scores`` of every record of ``input_path`` and write them to ``output_path`` (resumable).
 
@@ -182,6 +196,8 @@ def score_file(
         dist: rank and world size (default: from torchrun's environment variables).
         restart: discard a previous partial run instead of continuing it.
         show_progress: tqdm bar with records/s and ETA (rank 0 only).
+        lock: hold :func:`score_lock` for the run; False when the caller already holds it (the CLI takes it
+            before loading the LLM, so a second writer is refused in a second, not after the load).
     """
     if chunk_size < 1:
         raise UserError(f"--chunk-size must be positive, got {chunk_size}")
@@ -206,6 +222,20 @@ def score_file(
         "world_size": dist.world_size,
         **(options or {}),
     }
+    if lock:
+        with score_lock(output, dist):
+            return score_file(
+                input_path,
+                output,
+                scorer,
+                chunk_size=chunk_size,
+                skip_invalid=skip_invalid,
+                options=options,
+                dist=dist,
+                restart=restart,
+                show_progress=show_progress,
+                lock=False,
+            )
     fingerprint = file_fingerprint(input_path, fingerprint_options)
     partial, state_path = partial_paths(output, dist)
     state = _open_state(partial, state_path, fingerprint, restart, skip_invalid)
