@@ -208,3 +208,52 @@ def test_encode_with_a_custom_task_file(tmp_path, embedder, fake_embedder, resto
     expected = embedder.model.encode(["Find code for: sort a list"], normalize_embeddings=True)
     np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
     assert Path(out).is_file()
+
+
+# ---------------------------------------------------------------------------------------------- issue 12 (Also)
+def test_help_does_not_import_torch():
+    """``llm-embedder --help`` (and each ``<cmd> --help``) used to import torch: seconds before any output.
+
+    Heavy libraries are imported by the commands that use them, when they run; the parser of every command is
+    built here (``build_parser`` registers them all) and torch, transformers and the tqdm bars stay out.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from llm_embedder.cli.main import build_parser\n"
+        "parser = build_parser()\n"
+        "for command in parser._subparsers._group_actions[0].choices.values():\n"
+        "    command.format_help()\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'tqdm', 'faiss') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_progress_is_sparse_when_not_a_terminal(monkeypatch):
+    """Progress written to a log file: first and last state only (a redraw at most every 30 s), not one line per
+    update; on a terminal tqdm's own redraw rate; LLM_EMBEDDER_PROGRESS=off hides it."""
+    import io
+
+    from llm_embedder.utils.progress import LOG_INTERVAL_SECONDS, progress
+
+    monkeypatch.delenv("LLM_EMBEDDER_PROGRESS", raising=False)
+    log = io.StringIO()
+    for _ in progress(range(2000), file=log, desc="work"):
+        pass
+    updates = [part for part in log.getvalue().split("\r") if part.strip()]
+    assert len(updates) == 2 and "0/2000" in updates[0] and "2000/2000" in updates[-1]
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert progress(range(3), file=Terminal()).mininterval == 0.1
+    assert progress(range(3), file=io.StringIO()).mininterval == LOG_INTERVAL_SECONDS
+    monkeypatch.setenv("LLM_EMBEDDER_PROGRESS", "off")
+    log = io.StringIO()
+    for _ in progress(range(10), file=log):
+        pass
+    assert log.getvalue() == ""

@@ -307,3 +307,53 @@ def test_resume_after_kill_gives_identical_bytes(tmp_path, data_dir, lm_folder, 
     assert "resumed after" in resumed.stderr
     assert out.read_bytes() == reference.read_bytes()
     assert not partial.exists() and not state.exists()
+
+
+_HOLD_LOCK = """
+import sys
+from llm_embedder.utils.files import exclusive_lock
+with exclusive_lock(sys.argv[1], what="scored output"):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_score_run_on_the_same_output_is_refused(tmp_path, lm_folder, capsys):
+    """Drill: two `score` runs with one -o used to both exit 0 while the file kept the records of one of them.
+
+    Another process holds the output (as a running `score` does for its whole run): the second run is refused in
+    one line naming that process, exit 2, and touches no work file; once the holder is killed (-9, the kernel drops
+    its flock) the same command runs and leaves no lock file behind.
+    """
+    source = write_jsonl(tmp_path / "in.jsonl", [GOOD, GOOD])
+    out = tmp_path / "out.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(_score_command(source, out, lm_folder)[3:]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"llm-embedder score: error: {out}: another run (pid {holder.pid}) is writing this scored output "
+            "(wait for it to finish, or choose another output path)"
+        )
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(_score_command(source, out, lm_folder)[3:]) == 0
+    assert "scored 2 records" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+def test_score_file_takes_the_lock_itself(tmp_path, tokenizer, model):
+    """The library call (the pipeline's score stage) is protected too, not only the command line."""
+    from llm_embedder.utils.files import exclusive_lock
+
+    source = write_jsonl(tmp_path / "in.jsonl", [GOOD])
+    scorer = RewardScorer(model, tokenizer, task="qa")
+    with exclusive_lock(tmp_path / "out.jsonl", what="scored output"):
+        with pytest.raises(UserError, match=r"another run \(pid \d+\) is writing this scored output"):
+            score_file(source, tmp_path / "out.jsonl", scorer, show_progress=False)
+    assert not (tmp_path / "out.jsonl.partial").exists()

@@ -48,7 +48,7 @@ def mine_negatives(
     batch: int = 256,
 ) -> list[Record]:
     """Return the records with ``neg``/``neg_index`` replaced by the top-k non-positive hits."""
-    from tqdm.auto import tqdm
+    from llm_embedder.utils.progress import progress
 
     if k <= 0:
         raise UserError(f"-k must be positive, got {k}")
@@ -85,7 +85,7 @@ def mine_negatives(
     out: list[Record] = []
     max_pos = max((len(positive_rows(r, lookup)) for r in records), default=0)
     depth = min(len(corpus), k + skip_top + max_pos + 20)
-    with tqdm(total=len(records), desc="mining negatives", unit="rec", disable=len(records) < 500) as bar:
+    with progress(total=len(records), desc="mining negatives", unit="rec", disable=len(records) < 500) as bar:
         for lo in range(0, len(records), batch):
             chunk = records[lo : lo + batch]
             result = retriever.search([r.query for r in chunk], depth)

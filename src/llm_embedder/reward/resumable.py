@@ -243,11 +243,11 @@ def score_file(
 
     progress = None
     if show_progress and dist.is_main:
-        from tqdm.auto import tqdm
+        from llm_embedder.utils.progress import progress
 
         total = count_records(input_path)
         share = total if dist.world_size == 1 else -(-total // dist.world_size)
-        progress = tqdm(
+        progress = progress(
             total=share, initial=state.records_done, desc="scoring", unit="rec", dynamic_ncols=True, smoothing=0.1
         )
     try:
