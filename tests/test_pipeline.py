@@ -43,6 +43,17 @@ def test_pipeline_runs_and_resumes(tmp_path, data_dir):
     Pipeline(load_config(recipe), log=logs.append).run()
     assert [line for line in logs if line.startswith("[run]")] == []
     assert json.loads((run / "summary.json").read_text())["columns"]
+    # killed after the model was saved but before its stage was recorded: the model is kept, not retrained
+    # (before: rmtree'd as "a model from an older recipe" and trained again)
+    (run / "state" / "train-full.json").unlink()
+    weights = (run / "models" / "full" / "model.safetensors").read_bytes()
+    logs.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("llm_embedder.pipeline.training.train_variant", lambda *a: pytest.fail("retrained"))
+        Pipeline(load_config(recipe), log=logs.append).run()
+    assert f"[train] {run}/models/full holds the finished model of this recipe; keeping it" in logs
+    assert [line for line in logs if line.startswith("[run]")] == ["[run]  train-full"], "eval kept: same weights"
+    assert (run / "models" / "full" / "model.safetensors").read_bytes() == weights
 
 
 def test_recipe_errors_are_one_line(tmp_path, data_dir, capsys):

@@ -17,6 +17,7 @@ from llm_embedder.pipeline.build import build_task
 from llm_embedder.pipeline.config import PipelineConfig
 from llm_embedder.pipeline.stages import StageTracker
 from llm_embedder.tasks.registry import TASKS
+from llm_embedder.utils.files import write_json
 from llm_embedder.utils.paths import check_name
 
 
@@ -115,11 +116,18 @@ class Pipeline:
                 self.config.seed,
                 {t: _file_stamp(Path(p)) for t, p in data.items()},
             )
-            self.tracker.run(
-                f"train-{variant}",
-                fp,
-                lambda v=variant, o=overrides, out=out, data=data: train_variant(self.config, v, o, data, out),
-            )
+
+            def work(v: str = variant, o: dict = overrides, out: Path = out, data: dict = data, fp: str = fp) -> Any:
+                started = self.tracker.state_dir / f"train-{v}.started.json"
+                finished = (out / "llm_embedder.json").is_file() and not (out / "checkpoints").is_dir()
+                if finished and _recorded_fingerprint(started) == fp:
+                    # killed after the model was saved but before the stage was recorded: it is this recipe's model
+                    self.log(f"[train] {out} holds the finished model of this recipe; keeping it")
+                    return {"variant": v, "model": str(out)}
+                write_json(started, {"fingerprint": fp})
+                return train_variant(self.config, v, o, data, out)
+
+            self.tracker.run(f"train-{variant}", fp, work)
             models[variant] = str(out)
         return models
 
@@ -207,6 +215,15 @@ def _file_stamp(path: Path) -> list[Any]:
     except OSError:
         return [str(path), None]
     return [str(path), stat.st_size, int(stat.st_mtime)]
+
+
+def _recorded_fingerprint(marker: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads(marker.read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def _built_corpus(marker: Path) -> str | None:
