@@ -357,3 +357,25 @@ def test_score_file_takes_the_lock_itself(tmp_path, tokenizer, model):
         with pytest.raises(UserError, match=r"another run \(pid \d+\) is writing this scored output"):
             score_file(source, tmp_path / "out.jsonl", scorer, show_progress=False)
     assert not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_disk_full_while_scoring_names_the_file(tmp_path, lm_folder, monkeypatch, capsys):
+    """Drill: disk full during `score` was a traceback; now one line naming the partial file, and the finished
+    chunks stay for the rerun."""
+    import errno
+
+    source = write_jsonl(tmp_path / "in.jsonl", [GOOD, GOOD])
+    out = tmp_path / "out.jsonl"
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert main(_score_command(source, out, lm_folder)[3:]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"llm-embedder score: error: {out}.partial: no space left on device "
+        "(free some space or choose an output folder on another disk)"
+    )
+    monkeypatch.undo()
+    assert main(_score_command(source, out, lm_folder)[3:]) == 0
+    assert len(out.read_text().splitlines()) == 2

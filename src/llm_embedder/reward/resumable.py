@@ -17,6 +17,7 @@ process, renamed) atomically into ``OUT``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -142,6 +143,17 @@ def precheck_file(path: Path, *, task: str | None, registry: TaskRegistry | None
     return count
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A failed write (disk full) raises an OSError that names no file: name ``path`` for the one-line report."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
 def _open_state(partial: Path, state_path: Path, fingerprint: str, restart: bool, skip_invalid: bool) -> _State:
     if restart:
         for path in (partial, state_path):
@@ -163,7 +175,7 @@ def _open_state(partial: Path, state_path: Path, fingerprint: str, restart: bool
     if state is None or not partial.exists() or partial.stat().st_size < state.bytes:
         state = _State(fingerprint=fingerprint)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "ab") as handle:
+    with _naming(partial), open(partial, "ab") as handle:
         handle.truncate(state.bytes)  # drop a torn line / a chunk whose state was not saved
         handle.flush()
         os.fsync(handle.fileno())
@@ -260,7 +272,7 @@ def score_file(
                 continue
             lines, candidates, skipped, first_skip = _score_chunk(input_path, chunk, scorer, skip_invalid)
             data = "".join(lines).encode("utf-8")
-            with open(partial, "ab") as handle:
+            with _naming(partial), open(partial, "ab") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

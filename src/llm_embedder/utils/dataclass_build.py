@@ -79,7 +79,7 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
+            return True, value  # kept as written: an int stays an int (stage fingerprints hash the values)
         if isinstance(value, str):
             # YAML 1.1 reads "5e-5" (no dot) as a string; it is plainly the number the user meant
             try:
