@@ -257,3 +257,55 @@ def test_progress_is_sparse_when_not_a_terminal(monkeypatch):
     for _ in progress(range(10), file=log):
         pass
     assert log.getvalue() == ""
+
+
+def test_the_library_never_imports_the_command_line():
+    """Argument parsing lives in ``cli/`` only: builders and every other library module take typed arguments and
+    never import ``argparse`` or ``llm_embedder.cli`` (the command line calls the library, never the reverse)."""
+    import ast
+    from pathlib import Path
+
+    import llm_embedder
+
+    package = Path(llm_embedder.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(package)}: {name}"
+                for name in names
+                if name == "argparse" or name == "llm_embedder.cli" or name.startswith("llm_embedder.cli.")
+            ]
+    assert offenders == []
+
+
+def test_model_does_not_import_lm():
+    """``lm/`` builds on ``model/`` (hub resolution); the shared cache folder lives in ``utils.cache``, so ``model/``
+    needs nothing from ``lm/`` and the two never import each other."""
+    import ast
+    from pathlib import Path
+
+    import llm_embedder.model
+
+    folder = Path(llm_embedder.model.__file__).parent
+    imported = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert sorted(m for m in imported if m == "llm_embedder.lm" or m.startswith("llm_embedder.lm.")) == []
+
+    from llm_embedder.lm.loading import cache_dir as lm_cache_dir
+    from llm_embedder.model.onnx_backend import onnx_cache_dir
+    from llm_embedder.utils.cache import cache_dir
+
+    assert lm_cache_dir is cache_dir and onnx_cache_dir() == cache_dir() / "onnx"
