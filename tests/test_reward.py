@@ -379,3 +379,31 @@ def test_disk_full_while_scoring_names_the_file(tmp_path, lm_folder, monkeypatch
     monkeypatch.undo()
     assert main(_score_command(source, out, lm_folder)[3:]) == 0
     assert len(out.read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_two_concurrent_score_runs_never_lose_records(tmp_path, data_dir, lm_folder):
+    """The drill as reported: two `score` runs started together with one -o and --chunk-size 1. Before: both said
+    "scored 6 records" and the file held 1. Now one of them is refused in one line (or, if they happen not to
+    overlap, both finish), and the output holds every record."""
+    rows = [json.loads(line) for line in (data_dir / "tasks/qa/dev.jsonl").read_text().splitlines()[:6]]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.Popen(_score_command(source, out, lm_folder), env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    for run in runs:
+        run.stderr.close()
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 2]), results
+    for code, err in results:
+        last = err.strip().splitlines()[-1]
+        if code == 2:
+            assert last.startswith(f"llm-embedder score: error: {out}: another run (pid "), err
+        else:
+            assert last.startswith("scored 6 records"), err
+    assert len(out.read_text().splitlines()) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
