@@ -252,7 +252,14 @@ def test_progress_is_sparse_when_not_a_terminal(monkeypatch):
 
     assert progress(range(3), file=Terminal()).mininterval == 0.1
     assert progress(range(3), file=io.StringIO()).mininterval == LOG_INTERVAL_SECONDS
+    # bars drawn inside other libraries (sentence-transformers' encode) cannot be slowed down: off in logs
+    from llm_embedder.utils.progress import redraws_freely
+
+    assert redraws_freely(Terminal()) and not redraws_freely(io.StringIO())
+    monkeypatch.setenv("LLM_EMBEDDER_PROGRESS", "tty")
+    assert redraws_freely(io.StringIO())
     monkeypatch.setenv("LLM_EMBEDDER_PROGRESS", "off")
+    assert not redraws_freely(Terminal())
     log = io.StringIO()
     for _ in progress(range(10), file=log):
         pass

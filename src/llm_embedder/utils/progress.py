@@ -6,7 +6,8 @@ stream is not a terminal the bar is redrawn at most once every :data:`LOG_INTERV
 the final state), which keeps a long job's log readable and still shows that it moves. ``LLM_EMBEDDER_PROGRESS``
 overrides the choice: ``off`` hides every bar, ``tty`` redraws as on a terminal.
 
-Every progress bar of the library goes through :func:`progress` (tqdm's own arguments pass through unchanged).
+Every progress bar of the library goes through :func:`progress` (tqdm's own arguments pass through unchanged);
+bars drawn inside other libraries are switched off in logs (:func:`redraws_freely`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ def _is_terminal(stream: IO[str] | None) -> bool:
         return bool(stream is not None and stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+def redraws_freely(stream: IO[str] | None = None) -> bool:
+    """Whether a bar on ``stream`` (default stderr) may redraw at tqdm's own rate.
+
+    For bars drawn by other libraries (sentence-transformers' ``encode``), which :func:`progress` cannot slow
+    down: they are shown only when this is true.
+    """
+    mode = os.environ.get("LLM_EMBEDDER_PROGRESS", "").strip().lower()
+    if mode in ("off", "tty"):
+        return mode == "tty"
+    return _is_terminal(stream if stream is not None else sys.stderr)
 
 
 def progress(iterable: Iterable[Any] | None = None, *, file: IO[str] | None = None, **kwargs: Any) -> Any:
