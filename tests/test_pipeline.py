@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,7 @@ def test_pipeline_runs_and_resumes(tmp_path, data_dir):
     assert f"[train] {run}/models/full holds the finished model of this recipe; keeping it" in logs
     assert [line for line in logs if line.startswith("[run]")] == ["[run]  train-full"], "eval kept: same weights"
     assert (run / "models" / "full" / "model.safetensors").read_bytes() == weights
+    assert "started" not in (run / "summary.md").read_text(), "the start marker is not a stage"
 
 
 def test_recipe_errors_are_one_line(tmp_path, data_dir, capsys):
@@ -312,3 +314,17 @@ def test_other_os_errors_keep_their_traceback(monkeypatch):
     assert os_error_line(OSError(errno.ENOSPC, "No space left on device")) == (
         "writing the output: no space left on device (free some space or choose an output folder on another disk)"
     )
+
+
+def test_a_second_pipeline_in_the_same_run_folder_is_refused(tmp_path, data_dir, capsys):
+    """Two pipelines in one run folder would train into the same checkpoints; the second is refused in one line."""
+    from llm_embedder.utils.files import exclusive_lock
+
+    recipe = _recipe(tmp_path, data_dir)
+    with exclusive_lock(tmp_path / "run", what="pipeline run folder"):
+        assert main(["pipeline", str(recipe)]) == 2
+    assert _one_line_error(capsys) == (
+        f"llm-embedder pipeline: error: {tmp_path}/run: another run (pid {os.getpid()}) is writing this pipeline run "
+        "folder (wait for it to finish, or choose another output path)"
+    )
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["state"], "no stage ran"

@@ -17,7 +17,7 @@ from llm_embedder.pipeline.build import build_task
 from llm_embedder.pipeline.config import PipelineConfig
 from llm_embedder.pipeline.stages import StageTracker
 from llm_embedder.tasks.registry import TASKS
-from llm_embedder.utils.files import write_json
+from llm_embedder.utils.files import exclusive_lock, write_json
 from llm_embedder.utils.paths import check_name
 
 
@@ -118,7 +118,8 @@ class Pipeline:
             )
 
             def work(v: str = variant, o: dict = overrides, out: Path = out, data: dict = data, fp: str = fp) -> Any:
-                started = self.tracker.state_dir / f"train-{v}.started.json"
+                # not state/*.json: those are the completed stages (and their times in the summary)
+                started = self.tracker.state_dir / "started" / f"train-{v}.json"
                 finished = (out / "llm_embedder.json").is_file() and not (out / "checkpoints").is_dir()
                 if finished and _recorded_fingerprint(started) == fp:
                     # killed after the model was saved but before the stage was recorded: it is this recipe's model
@@ -174,14 +175,19 @@ class Pipeline:
 
     def run(self, stages: list[str] | None = None) -> dict[str, Any]:
         """Run the stages (default all) and write ``summary.md`` / ``summary.json`` / ``summary.png``."""
-        from llm_embedder.pipeline.summary import write_summary
-
         wanted = stages or ["build", "score", "train", "eval"]
         unknown = set(wanted) - {"build", "score", "train", "eval"}
         if unknown:
             raise UserError(
                 f"unknown stage(s) {', '.join(sorted(unknown))}", hint="choose from build, score, train, eval"
             )
+        # two runs in one folder would train into the same checkpoints and rewrite each other's files
+        with exclusive_lock(self.root.resolve(), what="pipeline run folder"):
+            return self._run(wanted)
+
+    def _run(self, wanted: list[str]) -> dict[str, Any]:
+        from llm_embedder.pipeline.summary import write_summary
+
         started = time.perf_counter()
         self.root.mkdir(parents=True, exist_ok=True)
         if "build" in wanted:
