@@ -217,3 +217,111 @@ def test_encode_with_a_custom_task_file(tmp_path, embedder, fake_embedder, resto
     assert cli.main(args) == 0
     plain = embedder.model.encode(["sort a list"], normalize_embeddings=True)
     np.testing.assert_allclose(np.load(out), plain, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- issue 12 (Also)
+def test_help_does_not_import_torch():
+    """``llm-embedder --help`` (and each ``<cmd> --help``) used to import torch: seconds before any output.
+
+    Heavy libraries are imported by the commands that use them, when they run; the parser of every command is
+    built here (``build_parser`` registers them all) and torch, transformers and the tqdm bars stay out.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from llm_embedder.cli.main import build_parser\n"
+        "parser = build_parser()\n"
+        "for command in parser._subparsers._group_actions[0].choices.values():\n"
+        "    command.format_help()\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'tqdm', 'faiss') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_progress_is_sparse_when_not_a_terminal(monkeypatch):
+    """Progress written to a log file: first and last state only (a redraw at most every 30 s), not one line per
+    update; on a terminal tqdm's own redraw rate; LLM_EMBEDDER_PROGRESS=off hides it."""
+    import io
+
+    from llm_embedder.utils.progress import LOG_INTERVAL_SECONDS, progress
+
+    monkeypatch.delenv("LLM_EMBEDDER_PROGRESS", raising=False)
+    log = io.StringIO()
+    for _ in progress(range(2000), file=log, desc="work"):
+        pass
+    updates = [part for part in log.getvalue().split("\r") if part.strip()]
+    assert len(updates) == 2 and "0/2000" in updates[0] and "2000/2000" in updates[-1]
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert progress(range(3), file=Terminal()).mininterval == 0.1
+    assert progress(range(3), file=io.StringIO()).mininterval == LOG_INTERVAL_SECONDS
+    # bars drawn inside other libraries (sentence-transformers' encode) cannot be slowed down: off in logs
+    from llm_embedder.utils.progress import redraws_freely
+
+    assert redraws_freely(Terminal()) and not redraws_freely(io.StringIO())
+    monkeypatch.setenv("LLM_EMBEDDER_PROGRESS", "tty")
+    assert redraws_freely(io.StringIO())
+    monkeypatch.setenv("LLM_EMBEDDER_PROGRESS", "off")
+    assert not redraws_freely(Terminal())
+    log = io.StringIO()
+    for _ in progress(range(10), file=log):
+        pass
+    assert log.getvalue() == ""
+
+
+def test_the_library_never_imports_the_command_line():
+    """Argument parsing lives in ``cli/`` only: builders and every other library module take typed arguments and
+    never import ``argparse`` or ``llm_embedder.cli`` (the command line calls the library, never the reverse)."""
+    import ast
+    from pathlib import Path
+
+    import llm_embedder
+
+    package = Path(llm_embedder.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(package)}: {name}"
+                for name in names
+                if name == "argparse" or name == "llm_embedder.cli" or name.startswith("llm_embedder.cli.")
+            ]
+    assert offenders == []
+
+
+def test_model_does_not_import_lm():
+    """``lm/`` builds on ``model/`` (hub resolution); the shared cache folder lives in ``utils.cache``, so ``model/``
+    needs nothing from ``lm/`` and the two never import each other."""
+    import ast
+    from pathlib import Path
+
+    import llm_embedder.model
+
+    folder = Path(llm_embedder.model.__file__).parent
+    imported = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert sorted(m for m in imported if m == "llm_embedder.lm" or m.startswith("llm_embedder.lm.")) == []
+
+    from llm_embedder.lm.loading import cache_dir as lm_cache_dir
+    from llm_embedder.model.onnx_backend import onnx_cache_dir
+    from llm_embedder.utils.cache import cache_dir
+
+    assert lm_cache_dir is cache_dir and onnx_cache_dir() == cache_dir() / "onnx"

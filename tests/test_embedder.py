@@ -249,6 +249,10 @@ def test_progress_bar_for_long_inputs(embedder, monkeypatch, capsys):
     import llm_embedder.model.embedder as module
 
     monkeypatch.setattr(module, "PROGRESS_THRESHOLD", 3)
+    # captured stderr is not a terminal: sentence-transformers' per-batch bar would be a line per batch in a log
+    embedder.encode_keys(TEXTS[:3], task="qa")
+    assert "Batches" not in capsys.readouterr().err
+    monkeypatch.setenv("LLM_EMBEDDER_PROGRESS", "tty")  # as on a terminal
     embedder.encode_keys(TEXTS[:3], task="qa")
     assert "Batches" in capsys.readouterr().err
     embedder.encode_keys(TEXTS[:2], task="qa")

@@ -307,3 +307,46 @@ def test_downstream_limit_gives_the_llm_the_first_records(data_dir, tiny_lm_dir)
     assert "(LLM metrics on the first 2 records)" in render_markdown(part)
     assert "LLM metrics on the first" not in render_markdown(small)
     assert part["results"]["recency"]["perplexity"] == pytest.approx(small["results"]["recency"]["perplexity"])
+
+
+# ---------------------------------------------------------------------------------------------- drills (issue 11)
+_CORPUS = [{"title": "", "text": t} for t in ("Paris is the capital of France.", "Cats purr.", "Rome is in Italy.")]
+
+
+def test_pos_index_outside_the_corpus_is_one_line(tmp_path, capsys):
+    """Drill: a ``pos_index`` row the corpus does not have counted as a miss, silently lowering every metric."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", _CORPUS)
+    data = write_jsonl(
+        tmp_path / "dev.jsonl",
+        [{"query": "capital of France", "pos_index": [0]}, {"query": "capital of Italy", "pos_index": [3]}],
+    )
+    args = ["eval", "--task", "qa", "--data", str(data), "--corpus", str(corpus), "-r", "bm25", "--no-downstream"]
+    assert main([*args, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"llm-embedder eval: error: {data}:2: field 'pos_index': row 3 is outside the corpus (3 rows, numbered "
+        "from 0) (give the corpus these records were made for, or fix their pos_index)"
+    )
+
+
+def test_qa_on_a_retrieval_only_set_reports_retrieval_metrics(tmp_path, capsys):
+    """A BEIR-style set (no ``answers``) with the qa task: the retrieval metrics, and a word that the LLM part was
+    skipped - not a refusal. No LLM is loaded (``--lm`` names a folder that does not exist)."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", _CORPUS)
+    data = write_jsonl(
+        tmp_path / "dev.jsonl",
+        [{"query": "capital of France", "pos_index": [0]}, {"query": "capital of Italy", "pos_index": [2]}],
+    )
+    out = tmp_path / "report"
+    args = ["eval", "--task", "qa", "--data", str(data), "--corpus", str(corpus), "-r", "bm25", "--quiet"]
+    assert main([*args, "--lm", str(tmp_path / "no-such-lm"), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "[eval qa] no record has 'answers' (a retrieval-only set): the qa LLM metrics were skipped" in captured.err
+    report = json.loads((out / "qa.json").read_text())
+    assert report["downstream"] is None and report["lm"] is None
+    assert report["downstream_skipped"].endswith("the qa LLM metrics were skipped")
+    assert report["results"]["bm25"]["ndcg@10"] == pytest.approx(1.0)
+    # a set where only some records have answers is still an error: that is a broken file, not a retrieval-only set
+    write_jsonl(data, [{"query": "capital of France", "pos_index": [0], "answers": ["Paris"]}, {"query": "x"}])
+    assert main([*args, "--lm", str(tmp_path / "no-such-lm")]) == 2
+    assert "dev.jsonl:2: field 'answers': missing or empty" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,18 @@ def test_pipeline_runs_and_resumes(tmp_path, data_dir):
     Pipeline(load_config(recipe), log=logs.append).run()
     assert [line for line in logs if line.startswith("[run]")] == []
     assert json.loads((run / "summary.json").read_text())["columns"]
+    # killed after the model was saved but before its stage was recorded: the model is kept, not retrained
+    # (before: rmtree'd as "a model from an older recipe" and trained again)
+    (run / "state" / "train-full.json").unlink()
+    weights = (run / "models" / "full" / "model.safetensors").read_bytes()
+    logs.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("llm_embedder.pipeline.training.train_variant", lambda *a: pytest.fail("retrained"))
+        Pipeline(load_config(recipe), log=logs.append).run()
+    assert f"[train] {run}/models/full holds the finished model of this recipe; keeping it" in logs
+    assert [line for line in logs if line.startswith("[run]")] == ["[run]  train-full"], "eval kept: same weights"
+    assert (run / "models" / "full" / "model.safetensors").read_bytes() == weights
+    assert "started" not in (run / "summary.md").read_text(), "the start marker is not a stage"
 
 
 def test_recipe_errors_are_one_line(tmp_path, data_dir, capsys):
@@ -124,3 +137,194 @@ def test_a_task_can_have_its_own_teacher(tmp_path, data_dir, monkeypatch):
     assert scored["chat/train"] == scored["chat/dev"] == "reader-lm"
     assert sorted(loaded) == ["reader-lm", "strong-lm"], "each LLM is loaded once"
     assert pipeline.lm() == ("reader-lm", None)
+
+
+# ---------------------------------------------------------------------------------------------- drills (issue 11)
+def _write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [
+        ("seed: abc", "recipe.yaml: 'seed' must be an integer, got 'abc'"),
+        (
+            "variants: {full: x}",
+            "recipe.yaml: variants.full must be a mapping of training overrides (or {}), got 'x' "
+            "(e.g. variants: {full: {}, no_instructions: {use_instructions: false}})",
+        ),
+        ("variants: [full]", "recipe.yaml: 'variants' must map variant names to training overrides, got ['full']"),
+        ("train: {steps: abc}", "recipe.yaml: train: 'steps' must be an integer, got 'abc'"),
+        ("train: {lr: fast}", "recipe.yaml: train: 'lr' must be a number, got 'fast'"),
+        ("eval: {downstream: maybe}", "recipe.yaml: eval: 'downstream' must be true or false, got 'maybe'"),
+        ("score: {max_key_tokens: 1.5}", "recipe.yaml: score: 'max_key_tokens' must be an integer, got 1.5"),
+        (
+            "variants: {full: {lr: abc}}",
+            "recipe.yaml: variants.full: 'lr' must be a number, got 'abc'",
+        ),
+        (
+            "variants: {full: {}, bad: {weight_decay: -1}}",
+            "recipe.yaml: variants.bad: weight_decay must be >= 0, got -1",
+        ),
+        (
+            "variants: {full: {}, w: {stepz: 3}}",
+            "recipe.yaml: variants.w: unknown key(s) stepz",
+        ),
+        (
+            "variants: {full: {}, ../../victim: {}}",
+            "recipe.yaml: variants: invalid variant name '../../victim' "
+            "(use letters, digits, '_' or '-' (it becomes a folder name inside the run folder))",
+        ),
+        ("variants: {full: {}, /tmp/abs: {}}", "recipe.yaml: variants: invalid variant name '/tmp/abs'"),
+        ("variants: {full: {}, 7: {}}", "recipe.yaml: variants: invalid variant name 7"),
+    ],
+)
+def test_whole_recipe_is_checked_before_any_stage(tmp_path, data_dir, capsys, recipe, expected):
+    """Drill: type errors (``seed: abc``, ``variants: {full: x}``, bad values in ``train:`` or a variant) were
+    tracebacks, or surfaced only when the train stage started after build and score. Now: one line, exit 2, and
+    nothing has run (no run folder)."""
+    toy = data_dir / "toy" / "tool.jsonl"
+    base = f"output_dir: {tmp_path / 'run'}\ntasks: {{tool: {{train: {toy}, dev: {toy}}}}}\n"
+    path = _write(tmp_path, base + recipe + "\n")
+    assert main(["pipeline", str(path)]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith(f"llm-embedder pipeline: error: {path.parent}/{expected}"), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path, data_dir):
+    """``lr: 5e-5`` is a string to YAML 1.1; the recipe reads it as the number it plainly is."""
+    toy = data_dir / "toy" / "tool.jsonl"
+    path = _write(tmp_path, f"tasks: {{tool: {{train: {toy}, dev: {toy}}}}}\ntrain: {{lr: 5e-5}}\n")
+    assert yaml.safe_load(path.read_text())["train"]["lr"] == "5e-5"
+    assert load_config(path).train.lr == 5e-5
+
+
+def test_task_names_from_a_tasks_file_are_checked_as_path_names(tmp_path, capsys):
+    path = _write(tmp_path, "tasks: {'../up': {train: x.jsonl, dev: x.jsonl}}\n")
+    assert main(["pipeline", str(path)]) == 2
+    assert "recipe.yaml: tasks: invalid task name '../up'" in _one_line_error(capsys)
+
+
+def test_a_variant_name_never_reaches_outside_the_run_folder(tmp_path, data_dir, capsys):
+    """Drill: variant ``../../victim`` made the train stage rmtree a user's model folder and retrain there."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "llm_embedder.json").write_text("{}")
+    (victim / "notes.txt").write_text("mine")
+    recipe = _recipe(tmp_path, data_dir, variants={"full": {}, "../victim": {}})
+    assert main(["pipeline", str(recipe)]) == 2
+    assert "invalid variant name '../victim'" in _one_line_error(capsys)
+    assert sorted(p.name for p in victim.iterdir()) == ["llm_embedder.json", "notes.txt"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_stage_deletes_only_inside_the_run_folder(tmp_path, data_dir):
+    """The guard under the name check: even a folder reached through a symbolic link is not removed."""
+    from llm_embedder.errors import UserError
+    from llm_embedder.pipeline.training import train_variant
+
+    config = load_config(_recipe(tmp_path, data_dir))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "llm_embedder.json").write_text("{}")
+    models = tmp_path / "run" / "models"
+    models.mkdir(parents=True)
+    (models / "full").symlink_to(outside, target_is_directory=True)
+    for target in (models / "full", outside):
+        with pytest.raises(UserError, match="refusing to delete .*: it is not a folder inside the run folder"):
+            train_variant(config, "full", {}, {}, target)
+    assert (outside / "llm_embedder.json").is_file()
+
+
+def test_remove_tree_inside(tmp_path):
+    from llm_embedder.errors import UserError
+    from llm_embedder.utils.paths import remove_tree_inside
+
+    root = tmp_path / "run"
+    (root / "models" / "full").mkdir(parents=True)
+    for bad in (root, tmp_path, root / ".." / "run", root / "models" / ".." / ".."):
+        with pytest.raises(UserError):
+            remove_tree_inside(bad, root)
+    remove_tree_inside(root / "models" / "full", root)
+    assert sorted(p.name for p in root.rglob("*")) == ["models"]
+
+
+def test_read_only_output_folder_is_one_line(tmp_path, data_dir, monkeypatch, capsys):
+    """Drill: a read-only output folder gave a PermissionError / OSError traceback (simulated: we run as root)."""
+    import errno
+    import os
+
+    readonly = tmp_path / "ro"
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(readonly)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    recipe = _recipe(tmp_path, data_dir)
+    assert main(["pipeline", str(recipe), "-o", str(readonly / "run")]) == 2
+    assert _one_line_error(capsys) == (
+        f"llm-embedder pipeline: error: {readonly}/run/state: read-only file system "
+        "(choose an output folder on a writable file system)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "what", "hint"),
+    [
+        ("ENOSPC", "no space left on device", "free some space or choose an output folder on another disk"),
+        ("EACCES", "permission denied", "check its permissions; outputs must go to a folder you can write to"),
+    ],
+)
+def test_disk_full_while_writing_is_one_line(tmp_path, data_dir, monkeypatch, capsys, code, what, hint):
+    """Drill: a full disk (simulated: every fsync fails with ENOSPC) gave a traceback; now one line naming the file."""
+    import errno
+    import os
+
+    def fsync(fd):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    recipe = _recipe(tmp_path, data_dir)
+    assert main(["pipeline", str(recipe), "--stages", "build"]) == 2
+    assert _one_line_error(capsys) == (
+        f"llm-embedder pipeline: error: {tmp_path}/run/data/tool/train.jsonl: {what} ({hint})"
+    )
+    assert not list((tmp_path / "run" / "data" / "tool").glob(".*tmp")), "no temporary file left behind"
+
+
+def test_other_os_errors_keep_their_traceback(monkeypatch):
+    """An OSError that is not about the output location (a bug, a lost device) is not hidden behind one line."""
+    import errno
+
+    from llm_embedder.cli.main import os_error_line
+
+    assert os_error_line(OSError(errno.EIO, "I/O error")) is None
+    assert os_error_line(OSError(errno.ENOSPC, "No space left on device")) == (
+        "writing the output: no space left on device (free some space or choose an output folder on another disk)"
+    )
+
+
+def test_a_second_pipeline_in_the_same_run_folder_is_refused(tmp_path, data_dir, capsys):
+    """Two pipelines in one run folder would train into the same checkpoints; the second is refused in one line."""
+    from llm_embedder.utils.files import exclusive_lock
+
+    recipe = _recipe(tmp_path, data_dir)
+    with exclusive_lock(tmp_path / "run", what="pipeline run folder"):
+        assert main(["pipeline", str(recipe)]) == 2
+    assert _one_line_error(capsys) == (
+        f"llm-embedder pipeline: error: {tmp_path}/run: another run (pid {os.getpid()}) is writing this pipeline run "
+        "folder (wait for it to finish, or choose another output path)"
+    )
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["state"], "no stage ran"

@@ -307,3 +307,103 @@ def test_resume_after_kill_gives_identical_bytes(tmp_path, data_dir, lm_folder, 
     assert "resumed after" in resumed.stderr
     assert out.read_bytes() == reference.read_bytes()
     assert not partial.exists() and not state.exists()
+
+
+_HOLD_LOCK = """
+import sys
+from llm_embedder.utils.files import exclusive_lock
+with exclusive_lock(sys.argv[1], what="scored output"):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_score_run_on_the_same_output_is_refused(tmp_path, lm_folder, capsys):
+    """Drill: two `score` runs with one -o used to both exit 0 while the file kept the records of one of them.
+
+    Another process holds the output (as a running `score` does for its whole run): the second run is refused in
+    one line naming that process, exit 2, and touches no work file; once the holder is killed (-9, the kernel drops
+    its flock) the same command runs and leaves no lock file behind.
+    """
+    source = write_jsonl(tmp_path / "in.jsonl", [GOOD, GOOD])
+    out = tmp_path / "out.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(_score_command(source, out, lm_folder)[3:]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            f"llm-embedder score: error: {out}: another run (pid {holder.pid}) is writing this scored output "
+            "(wait for it to finish, or choose another output path)"
+        )
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(_score_command(source, out, lm_folder)[3:]) == 0
+    assert "scored 2 records" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
+
+
+def test_score_file_takes_the_lock_itself(tmp_path, tokenizer, model):
+    """The library call (the pipeline's score stage) is protected too, not only the command line."""
+    from llm_embedder.utils.files import exclusive_lock
+
+    source = write_jsonl(tmp_path / "in.jsonl", [GOOD])
+    scorer = RewardScorer(model, tokenizer, task="qa")
+    with exclusive_lock(tmp_path / "out.jsonl", what="scored output"):
+        with pytest.raises(UserError, match=r"another run \(pid \d+\) is writing this scored output"):
+            score_file(source, tmp_path / "out.jsonl", scorer, show_progress=False)
+    assert not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_disk_full_while_scoring_names_the_file(tmp_path, lm_folder, monkeypatch, capsys):
+    """Drill: disk full during `score` was a traceback; now one line naming the partial file, and the finished
+    chunks stay for the rerun."""
+    import errno
+
+    source = write_jsonl(tmp_path / "in.jsonl", [GOOD, GOOD])
+    out = tmp_path / "out.jsonl"
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert main(_score_command(source, out, lm_folder)[3:]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"llm-embedder score: error: {out}.partial: no space left on device "
+        "(free some space or choose an output folder on another disk)"
+    )
+    monkeypatch.undo()
+    assert main(_score_command(source, out, lm_folder)[3:]) == 0
+    assert len(out.read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_two_concurrent_score_runs_never_lose_records(tmp_path, data_dir, lm_folder):
+    """The drill as reported: two `score` runs started together with one -o and --chunk-size 1. Before: both said
+    "scored 6 records" and the file held 1. Now one of them is refused in one line (or, if they happen not to
+    overlap, both finish), and the output holds every record."""
+    rows = [json.loads(line) for line in (data_dir / "tasks/qa/dev.jsonl").read_text().splitlines()[:6]]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.Popen(_score_command(source, out, lm_folder), env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    for run in runs:
+        run.stderr.close()
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 2]), results
+    for code, err in results:
+        last = err.strip().splitlines()[-1]
+        if code == 2:
+            assert last.startswith(f"llm-embedder score: error: {out}: another run (pid "), err
+        else:
+            assert last.startswith("scored 6 records"), err
+    assert len(out.read_text().splitlines()) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]

@@ -5,10 +5,14 @@ all from one bi-encoder called with a task name, plus the machinery to train it 
 evaluate it per augmentation scenario and serve it.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from llm_embedder.data import Corpus, Record, load_records, read_records, write_records
 from llm_embedder.errors import DataError, UserError
-from llm_embedder.model import LLMEmbedder
 from llm_embedder.tasks import TASKS, TaskSpec, get_task, load_task_file, register_task
+
+if TYPE_CHECKING:
+    from llm_embedder.model import LLMEmbedder
 
 __version__ = "0.1.0"
 
@@ -27,3 +31,13 @@ __all__ = [
     "register_task",
     "write_records",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # LLMEmbedder needs torch (seconds to import): load it on first use, so `llm-embedder --help`, the task table
+    # and the data tools start at once
+    if name == "LLMEmbedder":
+        from llm_embedder.model.embedder import LLMEmbedder
+
+        return LLMEmbedder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

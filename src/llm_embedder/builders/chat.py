@@ -19,7 +19,6 @@ earlier pairs of the current session (method.md section 2; the shared MSC data h
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,38 +201,3 @@ def build_chat(
             hint="check the format, or lower --min-history",
         )
     return write_records(output, records)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "chat",
-        help="chat (memory) records from dialogues: MSC, {'turns': [...]} or lists of turns",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("inputs", nargs="+", metavar="DIALOGUES", help="JSON-lines files, one dialogue per line")
-    parser.add_argument("-o", "--output", required=True, help="records file to write (JSON lines)")
-    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="auto", help="input format (default: detect)")
-    parser.add_argument(
-        "--pairs-per-dialogue", type=int, default=0, help="random pairs kept per dialogue (0 = all, the default)"
-    )
-    parser.add_argument("--min-history", type=int, default=1, help="skip pairs with fewer memory items (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the pair sampling")
-    parser.add_argument("--id-prefix", default=None, help="query_id prefix (default: the input file's name + '-')")
-    parser.add_argument("--task", default="chat", help="task name written into the records (default chat)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    count = build_chat(
-        args.inputs,
-        args.output,
-        fmt=args.fmt,
-        pairs_per_dialogue=args.pairs_per_dialogue,
-        min_history=args.min_history,
-        seed=args.seed,
-        id_prefix=args.id_prefix,
-        task=args.task,
-    )
-    print(f"wrote {count} chat records to {args.output}")
-    return 0

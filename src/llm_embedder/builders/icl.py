@@ -18,7 +18,6 @@ examples; ``--max-queries-per-task`` samples them.
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -191,46 +190,3 @@ def build_icl(
     write_jsonl(out / "corpus.jsonl", corpus_rows)
     write_records(out / "records.jsonl", records)
     return len(corpus_rows), len(records)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "icl",
-        help="icl demonstration pool + records (BM25 candidates from the same task) from labelled task files",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("pools", nargs="+", metavar="[NAME=]POOL", help="labelled JSON-lines file per task")
-    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for corpus.jsonl + records.jsonl")
-    parser.add_argument("--queries", nargs="*", default=[], metavar="NAME=FILE", help="held-out query examples")
-    parser.add_argument("--input-template", default="{input}", help="model input from an example's fields")
-    parser.add_argument("--output-template", default="{output}", help="label text from an example's fields")
-    parser.add_argument(
-        "--label-map", default=None, help="raw label -> label text, e.g. 'entailment=true,neutral=neither'"
-    )
-    parser.add_argument("-k", type=int, default=20, help="BM25 candidates (neg) per record (default 20)")
-    parser.add_argument("--max-queries-per-task", type=int, default=0, help="sample this many queries (0 = all)")
-    parser.add_argument("--max-options", type=int, default=20, help="label sets up to this size become 'options'")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the query sampling")
-    parser.add_argument("--stemmer", default="english", help="BM25 stemmer, or 'none'")
-    parser.add_argument("--task", default="icl", help="task name written into the records (default icl)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    rows, count = build_icl(
-        args.pools,
-        args.output,
-        queries=args.queries,
-        input_template=args.input_template,
-        output_template=args.output_template,
-        label_map=parse_label_map(args.label_map),
-        k=args.k,
-        max_queries_per_task=args.max_queries_per_task,
-        max_options=args.max_options,
-        seed=args.seed,
-        stemmer=None if args.stemmer.lower() == "none" else args.stemmer,
-        task=args.task,
-    )
-    print(f"wrote {rows} corpus rows and {count} icl records to {args.output}")
-    return 0

@@ -17,16 +17,15 @@ re-spelled by decoding.
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import sys
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llm_embedder.errors import DataError, UserError
-from llm_embedder.lm.loading import BUNDLED_LMS, DEFAULT_LM, resolve_lm
+from llm_embedder.lm.loading import resolve_lm
 from llm_embedder.utils.files import atomic_write
 
 
@@ -111,51 +110,26 @@ def build_lrlm_records(
     return records, summary
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "lrlm",
-        help="long-range LM records from plain text files (score them with `llm-embedder score --task lrlm`)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("texts", nargs="+", metavar="TEXT_FILE", help="plain text files, one document each (.gz ok)")
-    parser.add_argument("-o", "--output", required=True, help="records (JSON lines)")
-    parser.add_argument(
-        "--lm",
-        default=DEFAULT_LM,
-        help=f"whose tokenizer cuts the chunks: {', '.join(BUNDLED_LMS)}, a folder or a hub id (default {DEFAULT_LM})",
-    )
-    defaults = LrlmOptions()
-    parser.add_argument("--chunk-tokens", type=int, default=defaults.chunk_tokens, help="tokens per chunk")
-    parser.add_argument("--max-candidates", type=int, default=defaults.max_candidates, help="earlier chunks per record")
-    parser.add_argument("--every", type=int, default=defaults.every, help="a query every N chunks")
-    parser.add_argument(
-        "--min-history", type=int, default=defaults.min_history, help="earlier chunks before the first query"
-    )
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    import json
-
+def build_lrlm(
+    texts: Sequence[str | Path], output: str | Path, *, lm: str | None = None, options: LrlmOptions | None = None
+) -> BuildSummary:
+    """Write the lrlm records of ``texts`` to ``output`` (JSON lines), chunked with ``lm``'s tokenizer."""
     from transformers import AutoTokenizer
 
-    options = LrlmOptions(args.chunk_tokens, args.max_candidates, args.every, args.min_history)
+    options = options or LrlmOptions()
     options.validate()
-    for text in args.texts:
+    for text in texts:
         if not Path(text).is_file():
             raise UserError(f"{text}: file not found")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_lm(args.lm))
-    records, summary = build_lrlm_records(args.texts, tokenizer, options)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_lm(lm))
+    records, summary = build_lrlm_records(texts, tokenizer, options)
     if not records:
         need = options.min_history + 2
         raise UserError(
             f"no records: every document is shorter than {need} chunks of {options.chunk_tokens} tokens",
             hint="give longer texts, or lower --chunk-tokens / --min-history",
         )
-    with atomic_write(args.output) as handle:
+    with atomic_write(output) as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    short = f" ({summary.short_documents} too short for a record)" if summary.short_documents else ""
-    print(f"{summary.records} lrlm records from {summary.documents} documents{short} -> {args.output}", file=sys.stderr)
-    return 0
+    return summary

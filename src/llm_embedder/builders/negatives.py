@@ -1,4 +1,4 @@
-"""``llm-embedder build negatives``: mine hard negatives for records from a corpus.
+"""Mine hard negatives for records from a corpus.
 
 For each record the retriever (``bm25``, an encoder such as ``default`` / a model folder / a hub id, or an index
 folder made by ``llm-embedder index``) searches the corpus with the record's query; the top hits that are not
@@ -11,16 +11,14 @@ against unlabelled positives. Teacher scores no longer match the new candidates 
 
 from __future__ import annotations
 
-import argparse
 import re
 import string
 from typing import Any
 
 from llm_embedder.data.corpus import Corpus
-from llm_embedder.data.records import Record, load_records, write_records
+from llm_embedder.data.records import Record
 from llm_embedder.errors import UserError
 from llm_embedder.retrieval.base import Retriever
-from llm_embedder.tasks.registry import add_tasks_file_argument, load_tasks_file
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -49,7 +47,7 @@ def mine_negatives(
     batch: int = 256,
 ) -> list[Record]:
     """Return the records with ``neg``/``neg_index`` replaced by the top-k non-positive hits."""
-    from tqdm.auto import tqdm
+    from llm_embedder.utils.progress import progress
 
     if k <= 0:
         raise UserError(f"-k must be positive, got {k}")
@@ -86,7 +84,7 @@ def mine_negatives(
     out: list[Record] = []
     max_pos = max((len(positive_rows(r, lookup)) for r in records), default=0)
     depth = min(len(corpus), k + skip_top + max_pos + 20)
-    with tqdm(total=len(records), desc="mining negatives", unit="rec", disable=len(records) < 500) as bar:
+    with progress(total=len(records), desc="mining negatives", unit="rec", disable=len(records) < 500) as bar:
         for lo in range(0, len(records), batch):
             chunk = records[lo : lo + batch]
             result = retriever.search([r.query for r in chunk], depth)
@@ -117,48 +115,3 @@ def make_retriever(spec: str, corpus: Corpus, task: str, args: Any) -> Retriever
     from llm_embedder.retrieval.registry import corpus_retriever
 
     return corpus_retriever(spec, corpus.keys, task=task, device=args.device, batch_size=args.batch_size)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "negatives",
-        help="mine hard negatives from a corpus with BM25 or an embedder (positives excluded)",
-        description=__doc__,
-    )
-    parser.add_argument("input", metavar="IN", help="records (JSON lines)")
-    parser.add_argument("-o", "--output", required=True, help="records file to write")
-    parser.add_argument("--task", required=True, help="task of the records (query instruction, key template)")
-    parser.add_argument("--corpus", required=True, help="corpus JSON-lines file the negatives come from")
-    parser.add_argument("--key-template", default=None, help="how a corpus row becomes a key (default: the task's)")
-    parser.add_argument(
-        "--retriever", default="bm25", help="bm25 | an encoder (default, a model folder, a hub id) | an index folder"
-    )
-    parser.add_argument("-k", type=int, default=20, help="negatives per record (default 20)")
-    parser.add_argument("--skip-top", type=int, default=0, help="skip the N best non-positive hits")
-    parser.add_argument("--exclude-answers", action="store_true", help="skip passages that contain an answer")
-    parser.add_argument("--device", default=None, help="encoder device (cpu, cuda, ...)")
-    parser.add_argument("--batch-size", type=int, default=32, help="encoder batch size")
-    add_tasks_file_argument(parser)
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    load_tasks_file(args)
-    from llm_embedder.tasks.registry import TASKS
-
-    spec = TASKS.get(args.task)
-    if args.skip_top < 0:
-        raise UserError(f"--skip-top must be >= 0, got {args.skip_top}")
-    records = load_records(args.input, task=args.task)
-    corpus = Corpus.from_file(args.corpus, args.key_template or spec.key_template)
-    had_scores = sum(r.teacher_scores is not None for r in records)
-    retriever = make_retriever(args.retriever, corpus, args.task, args)
-    mined = mine_negatives(
-        records, corpus, retriever, k=args.k, skip_top=args.skip_top, exclude_answers=args.exclude_answers
-    )
-    count = write_records(args.output, mined)
-    short = sum(len(r.neg) < args.k for r in mined)
-    note = f"; {short} got fewer than {args.k}" if short else ""
-    dropped = f"; dropped teacher_scores of {had_scores} records (candidates changed)" if had_scores else ""
-    print(f"wrote {count} records with mined negatives to {args.output}{note}{dropped}")
-    return 0

@@ -21,7 +21,6 @@ negatives from the whole corpus (query = request, positives excluded), ``-k`` ne
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 from collections.abc import Sequence
@@ -187,34 +186,3 @@ def build_tool(
     write_jsonl(out / "corpus.jsonl", ({"title": "", "text": key} for key in keys))
     write_records(out / "records.jsonl", records)
     return len(keys), len(records)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "tool",
-        help="tool corpus + records (relevant APIs, BM25 negatives) from ToolBench-style API specs",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("inputs", nargs="+", metavar="REQUESTS", help="ToolBench-style JSON / JSON-lines files")
-    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for corpus.jsonl + records.jsonl")
-    parser.add_argument("--catalog", nargs="*", default=[], metavar="FILE", help="JSON lists of extra APIs")
-    parser.add_argument("-k", type=int, default=20, help="negatives per record (api_list first, then BM25)")
-    parser.add_argument("--with-return-schema", action="store_true", help="append each API's response schema")
-    parser.add_argument("--stemmer", default="english", help="BM25 stemmer, or 'none'")
-    parser.add_argument("--task", default="tool", help="task name written into the records (default tool)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    rows, count = build_tool(
-        args.inputs,
-        args.output,
-        catalog=args.catalog,
-        k=args.k,
-        with_return_schema=args.with_return_schema,
-        stemmer=None if args.stemmer.lower() == "none" else args.stemmer,
-        task=args.task,
-    )
-    print(f"wrote {rows} corpus rows and {count} tool records to {args.output}")
-    return 0

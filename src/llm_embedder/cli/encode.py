@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from llm_embedder.cli.common import add_encoder_arguments, add_tasks_file_argument, instructions_flag, load_tasks_file
 from llm_embedder.data.jsonl import iter_jsonl
 from llm_embedder.data.records import Record
@@ -84,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     key_template = args.key_template or spec.key_template
     # Read (and validate) the input before loading a model: bad data fails in a second, not after the load.
     texts = read_texts(args.input, side=args.side, field=args.field, key_template=key_template)
+    import numpy as np
+
     from llm_embedder.model.embedder import LLMEmbedder
 
     embedder = LLMEmbedder(

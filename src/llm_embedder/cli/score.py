@@ -14,15 +14,18 @@ import argparse
 import hashlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llm_embedder.cli.common import add_tasks_file_argument, load_tasks_file
 from llm_embedder.errors import UserError
-from llm_embedder.lm.loading import BUNDLED_LMS, DEFAULT_LM, load_causal_lm, resolve_lm
-from llm_embedder.reward.distributed import DistributedContext
-from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, split_template
-from llm_embedder.reward.resumable import precheck_file, score_file
-from llm_embedder.reward.scorer import RewardScorer
+from llm_embedder.lm.loading import BUNDLED_LMS, DEFAULT_LM, resolve_lm
 from llm_embedder.tasks.registry import TASKS
+
+if TYPE_CHECKING:
+    from llm_embedder.reward.distributed import DistributedContext
+    from llm_embedder.reward.resumable import ScoreFileResult
+
+# The reward modules import torch (seconds); they are imported in run() so `llm-embedder score --help` is instant.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-key-tokens",
         type=int,
-        default=DEFAULT_MAX_KEY_TOKENS,
-        help=f"truncate each candidate to this many LM tokens (default {DEFAULT_MAX_KEY_TOKENS}, as the reference)",
+        default=None,
+        help="truncate each candidate to this many LM tokens (default 512, as the reference)",
     )
     parser.add_argument("--max-length", type=int, default=None, help="longest prompt in tokens (default: the LM's)")
     parser.add_argument(
@@ -90,7 +93,13 @@ def _lm_identity(name: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm_embedder.reward.distributed import DistributedContext
+    from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, split_template
+    from llm_embedder.reward.resumable import precheck_file, score_lock
+
     load_tasks_file(args)
+    if args.max_key_tokens is None:
+        args.max_key_tokens = DEFAULT_MAX_KEY_TOKENS
     template = _unescape(args.template) if args.template is not None else None
     if template is not None:
         split_template(template)
@@ -112,30 +121,8 @@ def run(args: argparse.Namespace) -> int:
     dist = DistributedContext.from_env()
     dist.init()
     try:
-        identity = _lm_identity(args.lm)
-        model, tokenizer = load_causal_lm(args.lm, dtype=args.dtype, device=dist.device(args.device))
-        scorer = RewardScorer(
-            model,
-            tokenizer,
-            task=args.task,
-            template=template,
-            reduction=args.reduction,
-            max_key_tokens=args.max_key_tokens,
-            max_length=args.max_length,
-            token_budget=args.token_budget,
-            max_batch_size=args.max_batch_size,
-        )
-        result = score_file(
-            input_path,
-            args.output,
-            scorer,
-            chunk_size=args.chunk_size,
-            skip_invalid=args.skip_invalid,
-            options={**identity, "dtype": args.dtype},
-            dist=dist,
-            restart=args.restart,
-            show_progress=not args.no_progress,
-        )
+        with score_lock(args.output, dist):
+            result = _score(args, input_path, template, dist)
     finally:
         dist.close()
     if dist.is_main:
@@ -147,3 +134,39 @@ def run(args: argparse.Namespace) -> int:
         if result.skipped:
             print(f"skipped {result.skipped} invalid records (first: {result.first_skip})", file=sys.stderr)
     return 0
+
+
+def _score(
+    args: argparse.Namespace, input_path: Path, template: str | None, dist: DistributedContext
+) -> ScoreFileResult:
+    """Load the LLM and score the file (the caller holds the output's lock)."""
+    from llm_embedder.lm.loading import load_causal_lm
+    from llm_embedder.reward.resumable import score_file
+    from llm_embedder.reward.scorer import RewardScorer
+
+    identity = _lm_identity(args.lm)
+    model, tokenizer = load_causal_lm(args.lm, dtype=args.dtype, device=dist.device(args.device))
+    scorer = RewardScorer(
+        model,
+        tokenizer,
+        task=args.task,
+        template=template,
+        reduction=args.reduction,
+        max_key_tokens=args.max_key_tokens,
+        max_length=args.max_length,
+        token_budget=args.token_budget,
+        max_batch_size=args.max_batch_size,
+    )
+    result = score_file(
+        input_path,
+        args.output,
+        scorer,
+        chunk_size=args.chunk_size,
+        skip_invalid=args.skip_invalid,
+        options={**identity, "dtype": args.dtype},
+        dist=dist,
+        restart=args.restart,
+        show_progress=not args.no_progress,
+        lock=False,
+    )
+    return result

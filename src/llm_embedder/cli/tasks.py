@@ -8,7 +8,6 @@ import json
 from llm_embedder.cli.common import add_tasks_file_argument, load_tasks_file
 from llm_embedder.tasks.registry import TASKS
 
-
 #: printed above the table: which models the instructions apply to (the answer changes what a user gets)
 INSTRUCTIONS_NOTE = (
     "Instructions apply only to models trained with them: a folder saved by `llm-embedder train` (its "

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from llm_embedder.errors import UserError
+from llm_embedder.errors import DataError, UserError
 
 if TYPE_CHECKING:
     from llm_embedder.data.records import Record
@@ -222,6 +222,8 @@ def corpus_qrels(
         rows: list[int] = []
         if record.pos_index:
             rows = list(record.pos_index)
+            if corpus_keys is not None:
+                _check_rows(record, rows, len(corpus_keys))
         elif record.pos and corpus_keys is not None:
             if lookup is None:
                 lookup = {}
@@ -232,6 +234,22 @@ def corpus_qrels(
         if rows:
             qrels[str(qid)] = {str(r): 1 for r in rows}
     return qrels
+
+
+def _check_rows(record: Record, rows: Sequence[int], corpus_size: int) -> None:
+    """A ``pos_index`` row outside the corpus would count as a silent miss: it is bad data, said in one line."""
+    bad = next((row for row in rows if not 0 <= row < corpus_size), None)
+    if bad is None:
+        return
+    path, _, line = (record.source or "<records>").rpartition(":")
+    path, lineno = (path, int(line)) if line.isdigit() else (record.source or "<records>", None)
+    raise DataError(
+        path,
+        lineno,
+        f"row {bad} is outside the corpus ({corpus_size} rows, numbered from 0)",
+        field="pos_index",
+        hint="give the corpus these records were made for, or fix their pos_index",
+    )
 
 
 def candidate_qrels(records: Sequence[Record], query_ids: Sequence[str]) -> dict[str, dict[str, int]]:

@@ -159,6 +159,12 @@ def evaluate(
         raise UserError(f"{data_name}: no records to evaluate")
     run_downstream = downstream and evaluator.needs_lm
     lm_records = records[:downstream_limit]
+    skipped: str | None = None
+    if run_downstream and not any(r.answers for r in lm_records):
+        # a retrieval-only set (most BEIR-style sets have no answers): the retrieval metrics are still worth having
+        run_downstream = False
+        skipped = f"no record has 'answers' (a retrieval-only set): the {evaluator.name} LLM metrics were skipped"
+        print(f"[eval {spec.name}] {skipped}", file=sys.stderr, flush=True)
     if run_downstream:
         evaluator.check_records(lm_records)
         if lm is None or isinstance(lm, (str, os.PathLike)):
@@ -227,6 +233,7 @@ def evaluate(
         "format": RESULTS_FORMAT,
         "task": spec.name,
         "downstream": evaluator.name if run_downstream else None,
+        "downstream_skipped": skipped,
         "data": data_name,
         "corpus": corpus_name,
         "pool": "corpus" if corpus is not None and not candidates_only else "candidates",

@@ -433,9 +433,9 @@ def score_requests(
     results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(units)
     progress = None
     if show_progress:
-        from tqdm.auto import tqdm
+        from llm_embedder.utils.progress import progress
 
-        progress = tqdm(total=sum(len(u.targets) for u in units), desc=desc, unit="req", dynamic_ncols=True)
+        progress = progress(total=sum(len(u.targets) for u in units), desc=desc, unit="req", dynamic_ncols=True)
     try:
         with torch.inference_mode():
             scorer = _Scorer(model)

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llm_embedder.errors import UserError
 from llm_embedder.model.loading import resolve_model_path
+from llm_embedder.utils.cache import cache_dir
 
 DEFAULT_LM = "smollm2"
 
@@ -48,12 +47,6 @@ BUNDLED_LMS: dict[str, BundledLM] = {
         assemble=True,
     ),
 }
-
-
-def cache_dir() -> Path:
-    """Where converted models are kept."""
-    root = os.environ.get("LLM_EMBEDDER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "llm_embedder")
-    return Path(root)
 
 
 def _package_folder(package: str) -> Path | None:
@@ -87,6 +80,7 @@ def _gguf_path(lm: BundledLM) -> Path:
 
 def _convert_gguf(gguf: Path, name: str) -> Path:
     """De-quantise a GGUF model once into a safetensors folder in the cache; returns that folder."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = cache_dir() / "lms" / f"{name}-{gguf.stat().st_size}"
@@ -142,6 +136,7 @@ def load_causal_lm(
     device: str | None = None,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` in eval mode; ``dtype`` is fp32, bf16 or fp16."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -293,7 +293,10 @@ class LLMEmbedder:
         length = self._check_length(max_length) if max_length is not None else self.max_length(side)
         batch = _check_batch_size(batch_size) if batch_size is not None else self.batch_size
         if show_progress_bar is None:
-            show_progress_bar = len(texts) >= PROGRESS_THRESHOLD
+            from llm_embedder.utils.progress import redraws_freely
+
+            # sentence-transformers redraws per batch: in a log file that is a line per batch, so only on a terminal
+            show_progress_bar = len(texts) >= PROGRESS_THRESHOLD and redraws_freely()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         left = side == "query" and self.task(task).query_truncation == "left"

@@ -99,7 +99,7 @@ def cache_key(model_path: str | os.PathLike[str], dtype: str) -> str:
 
 
 def onnx_cache_dir() -> Path:
-    from llm_embedder.lm.loading import cache_dir
+    from llm_embedder.utils.cache import cache_dir
 
     return cache_dir() / "onnx"
 
@@ -231,7 +231,7 @@ class OnnxEncoder:
         :data:`DEFAULT_MAX_BATCH_TOKENS`). ``prompt_length`` is only used by pooling modules configured with
         ``include_prompt=False``.
         """
-        from tqdm.auto import tqdm
+        from llm_embedder.utils.progress import progress
 
         texts = list(texts)
         if not texts:
@@ -243,7 +243,7 @@ class OnnxEncoder:
         out: np.ndarray | None = None
         pad_id = self.tokenizer.pad_token_id or 0
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
-        with tqdm(total=len(texts), desc="Encoding (onnx)", unit="text", disable=not show_progress_bar) as bar:
+        with progress(total=len(texts), desc="Encoding (onnx)", unit="text", disable=not show_progress_bar) as bar:
             for index in _token_budget_batches(order, lengths, batch_size, max_batch_tokens or self.max_batch_tokens):
                 width = int(lengths[index[0]])
                 feed = {}

@@ -17,7 +17,8 @@ import yaml
 
 from llm_embedder.errors import UserError
 from llm_embedder.training.config import recipe_section
-from llm_embedder.utils.dataclass_build import build_dataclass
+from llm_embedder.utils.dataclass_build import build_dataclass, check_field_types
+from llm_embedder.utils.paths import check_name
 
 
 @dataclass
@@ -115,7 +116,7 @@ def _plain(obj: Any) -> Any:
 
 
 def _build(klass: type, data: Any, where: str) -> Any:
-    return build_dataclass(klass, {} if data is None else data, where, noun="key")
+    return check_field_types(build_dataclass(klass, {} if data is None else data, where, noun="key"), where)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -134,10 +135,23 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     tasks = data.pop("tasks", {}) or {}
     if not isinstance(tasks, dict) or not tasks:
         raise UserError(f"{where}: 'tasks' must map task names to their data")
+    for name in tasks:
+        check_name(name, what="task", where=f"{where}: tasks")
+    variants = data.get("variants", {"full": {}})
+    if not isinstance(variants, dict):
+        raise UserError(f"{where}: 'variants' must map variant names to training overrides, got {variants!r}")
+    for name, overrides in variants.items():
+        check_name(name, what="variant", where=f"{where}: variants")
+        if overrides is not None and not isinstance(overrides, dict):
+            raise UserError(
+                f"{where}: variants.{name} must be a mapping of training overrides (or {{}}), got {overrides!r}",
+                hint="e.g. variants: {full: {}, no_instructions: {use_instructions: false}}",
+            )
     config = _build(
         PipelineConfig,
         {
-            **{k: v for k, v in data.items() if k not in ("score", "train", "eval")},
+            **{k: v for k, v in data.items() if k not in ("score", "train", "eval", "variants")},
+            "variants": {name: dict(overrides or {}) for name, overrides in variants.items()},
             "tasks": {name: _build(TaskData, spec, f"{where}: tasks.{name}") for name, spec in tasks.items()},
             "score": _build(ScoreConfig, data.get("score"), f"{where}: score"),
             "train": recipe_section(
@@ -155,10 +169,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     if "full" not in config.variants:
         raise UserError(f"{where}: 'variants' must include 'full' (the complete recipe)")
     for name, overrides in config.variants.items():
-        subset = (overrides or {}).get("tasks")
-        if subset is not None and (not isinstance(subset, list) or not subset or not set(subset) <= set(config.tasks)):
+        subset = overrides.get("tasks")
+        if subset is not None and (
+            not isinstance(subset, list) or not subset or not {str(t) for t in subset} <= set(config.tasks)
+        ):
             raise UserError(
                 f"{where}: variants.{name}.tasks must be a non-empty list of the recipe's tasks "
                 f"({', '.join(config.tasks)}), got {subset!r}"
             )
+    from llm_embedder.pipeline.training import check_variants
+
+    check_variants(config, where)  # every variant's training config, before any stage spends an hour
     return config

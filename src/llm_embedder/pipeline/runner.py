@@ -17,6 +17,8 @@ from llm_embedder.pipeline.build import build_task
 from llm_embedder.pipeline.config import PipelineConfig
 from llm_embedder.pipeline.stages import StageTracker
 from llm_embedder.tasks.registry import TASKS
+from llm_embedder.utils.files import exclusive_lock, write_json
+from llm_embedder.utils.paths import check_name
 
 
 class Pipeline:
@@ -32,7 +34,10 @@ class Pipeline:
         self.device = device
         self._lms: dict[str, tuple[Any, Any]] = {}
         for task in config.tasks:
+            check_name(task, what="task", where="recipe")
             TASKS.get(task)  # unknown task names fail before any work
+        for variant in config.variants:
+            check_name(variant, what="variant", where="recipe")  # it becomes RUN/models/<variant>
 
     # ------------------------------------------------------------------ helpers
     def lm(self, name: str | None = None) -> tuple[Any, Any]:
@@ -111,11 +116,19 @@ class Pipeline:
                 self.config.seed,
                 {t: _file_stamp(Path(p)) for t, p in data.items()},
             )
-            self.tracker.run(
-                f"train-{variant}",
-                fp,
-                lambda v=variant, o=overrides, out=out, data=data: train_variant(self.config, v, o, data, out),
-            )
+
+            def work(v: str = variant, o: dict = overrides, out: Path = out, data: dict = data, fp: str = fp) -> Any:
+                # not state/*.json: those are the completed stages (and their times in the summary)
+                started = self.tracker.state_dir / "started" / f"train-{v}.json"
+                finished = (out / "llm_embedder.json").is_file() and not (out / "checkpoints").is_dir()
+                if finished and _recorded_fingerprint(started) == fp:
+                    # killed after the model was saved but before the stage was recorded: it is this recipe's model
+                    self.log(f"[train] {out} holds the finished model of this recipe; keeping it")
+                    return {"variant": v, "model": str(out)}
+                write_json(started, {"fingerprint": fp})
+                return train_variant(self.config, v, o, data, out)
+
+            self.tracker.run(f"train-{variant}", fp, work)
             models[variant] = str(out)
         return models
 
@@ -162,14 +175,19 @@ class Pipeline:
 
     def run(self, stages: list[str] | None = None) -> dict[str, Any]:
         """Run the stages (default all) and write ``summary.md`` / ``summary.json`` / ``summary.png``."""
-        from llm_embedder.pipeline.summary import write_summary
-
         wanted = stages or ["build", "score", "train", "eval"]
         unknown = set(wanted) - {"build", "score", "train", "eval"}
         if unknown:
             raise UserError(
                 f"unknown stage(s) {', '.join(sorted(unknown))}", hint="choose from build, score, train, eval"
             )
+        # two runs in one folder would train into the same checkpoints and rewrite each other's files
+        with exclusive_lock(self.root.resolve(), what="pipeline run folder"):
+            return self._run(wanted)
+
+    def _run(self, wanted: list[str]) -> dict[str, Any]:
+        from llm_embedder.pipeline.summary import write_summary
+
         started = time.perf_counter()
         self.root.mkdir(parents=True, exist_ok=True)
         if "build" in wanted:
@@ -203,6 +221,15 @@ def _file_stamp(path: Path) -> list[Any]:
     except OSError:
         return [str(path), None]
     return [str(path), stat.st_size, int(stat.st_mtime)]
+
+
+def _recorded_fingerprint(marker: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads(marker.read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def _built_corpus(marker: Path) -> str | None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llm_embedder.errors import UserError
 from llm_embedder.pipeline.config import PipelineConfig
+from llm_embedder.utils.paths import remove_tree_inside
 
 
 def variant_flags(config: PipelineConfig, overrides: dict[str, Any], data: dict[str, str], out: Path) -> dict[str, Any]:
@@ -30,18 +32,40 @@ def variant_flags(config: PipelineConfig, overrides: dict[str, Any], data: dict[
     return flags
 
 
+def check_variants(config: PipelineConfig, where: str) -> None:
+    """Build and validate every variant's training config now, with placeholder data paths.
+
+    Without this a type error in ``train:`` or in a variant surfaces when the train stage starts, after build and
+    score (an hour with ``recipes/reproduce.yaml``).
+    """
+    from llm_embedder.training.config import TrainConfig
+    from llm_embedder.utils.dataclass_build import check_field_types
+
+    root = Path(config.output_dir) / "models"
+    for name, variant in config.variants.items():
+        overrides = {k: v for k, v in variant.items() if k != "tasks"}
+        tasks = variant.get("tasks") or list(config.tasks)
+        data = {task: f"data/{task}/train.jsonl" for task in tasks}
+        source = f"{where}: variants.{name}"
+        train = TrainConfig.from_dict(variant_flags(config, overrides, data, root / name), source=source)
+        for section in (train.model, train.data, train.training):
+            check_field_types(section, source)
+        try:
+            train.validate()
+        except UserError as exc:  # the message says what; add which variant of which recipe
+            raise UserError(f"{source}: {exc.line()}") from None
+
+
 def train_variant(
     config: PipelineConfig, variant: str, overrides: dict[str, Any], data: dict[str, str], out: Path
 ) -> dict[str, Any]:
     """Train one variant into ``out`` (resuming from its checkpoints when a previous run was killed)."""
-    import shutil
-
     from llm_embedder.training import train
     from llm_embedder.training.run_folder import recover
 
     recover(out)  # a kill while the trainer published the model: finish that first (it may have moved `out` aside)
     if (out / "llm_embedder.json").is_file() and not (out / "checkpoints").is_dir():
         # a finished model from an older recipe: the stage fingerprint changed, so train again from scratch
-        shutil.rmtree(out)
+        remove_tree_inside(out, config.output_dir)
     path = train(variant_flags(config, overrides, data, out))
     return {"variant": variant, "model": str(path)}

@@ -123,12 +123,12 @@ class BM25Retriever:
         k = int(k)
         if k <= 0:
             raise UserError(f"k must be positive, got {k}")
-        from tqdm.auto import tqdm
+        from llm_embedder.utils.progress import progress
 
         rows: list[list[int]] = []
         values: list[list[float]] = []
         token_lists = self.analyzer.tokens(list(queries))
-        for tokens in tqdm(token_lists, desc="bm25", unit="q", disable=len(token_lists) < 2000):
+        for tokens in progress(token_lists, desc="bm25", unit="q", disable=len(token_lists) < 2000):
             ids = self._query_ids(tokens)
             if not ids:
                 rows.append([])

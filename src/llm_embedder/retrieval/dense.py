@@ -226,7 +226,7 @@ def _encode_shards(
     log: Callable[[str], None],
 ) -> list[Path]:
     """Encode rows ``start..`` into ``shard-*.npy`` files under ``partial``, skipping shards already finished."""
-    from tqdm.auto import tqdm
+    from llm_embedder.utils.progress import progress
 
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     state_file = partial / "build.json"
@@ -247,7 +247,7 @@ def _encode_shards(
     if done:
         log(f"resuming: {done} of {total} rows already encoded in {partial}")
     step = max(1, int(batch_size or getattr(embedder, "batch_size", 32))) * 8
-    with tqdm(total=total, initial=done, desc="encoding keys", unit="row", disable=not show_progress) as bar:
+    with progress(total=total, initial=done, desc="encoding keys", unit="row", disable=not show_progress) as bar:
         for (lo, hi), path in zip(bounds, paths, strict=True):
             if path.is_file():
                 continue

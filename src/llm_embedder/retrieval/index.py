@@ -224,9 +224,9 @@ class DenseIndex:
         self._ensure_writable()
         if show_progress is None:
             show_progress = n >= 4 * ADD_CHUNK
-        from tqdm.auto import tqdm
+        from llm_embedder.utils.progress import progress
 
-        with tqdm(total=n, desc="indexing", unit="vec", disable=not show_progress) as bar:
+        with progress(total=n, desc="indexing", unit="vec", disable=not show_progress) as bar:
             for p in parts:
                 for lo in range(0, p.shape[0], ADD_CHUNK):
                     chunk = np.ascontiguousarray(p[lo : lo + ADD_CHUNK], dtype=np.float32)

@@ -17,6 +17,7 @@ process, renamed) atomically into ``OUT``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ from llm_embedder.reward.distributed import DistributedContext
 from llm_embedder.reward.prompts import RecordPrompts, check_record
 from llm_embedder.reward.scorer import RewardScorer
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
-from llm_embedder.utils.files import atomic_write, write_json
+from llm_embedder.utils.files import atomic_write, exclusive_lock, write_json
 
 STATE_VERSION = 1
 
@@ -87,6 +88,19 @@ def partial_paths(output: Path, dist: DistributedContext, rank: int | None = Non
     return partial, partial.with_name(partial.name + ".state.json")
 
 
+def score_lock(output: str | os.PathLike[str], dist: DistributedContext | None = None) -> Any:
+    """The lock that makes this process the only writer of ``output``'s work files (hold it for the whole run).
+
+    Two runs with the same ``-o`` would append to one ``OUT.partial`` and move one state file forward in turns,
+    losing records while both report success. Rank 0 (or the single process) locks ``OUT`` itself; the other ranks
+    of a ``torchrun`` job lock their own part, so the job's ranks do not refuse each other.
+    """
+    dist = dist or DistributedContext.from_env()
+    output = Path(output)
+    target = output if dist.is_main else partial_paths(output, dist)[0]
+    return exclusive_lock(target, what="scored output")
+
+
 def file_fingerprint(path: Path, options: dict[str, Any]) -> str:
     """sha256 over the options (canonical JSON) and the input's bytes."""
     digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode("utf-8"))
@@ -129,6 +143,17 @@ def precheck_file(path: Path, *, task: str | None, registry: TaskRegistry | None
     return count
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A failed write (disk full) raises an OSError that names no file: name ``path`` for the one-line report."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
 def _open_state(partial: Path, state_path: Path, fingerprint: str, restart: bool, skip_invalid: bool) -> _State:
     if restart:
         for path in (partial, state_path):
@@ -150,7 +175,7 @@ def _open_state(partial: Path, state_path: Path, fingerprint: str, restart: bool
     if state is None or not partial.exists() or partial.stat().st_size < state.bytes:
         state = _State(fingerprint=fingerprint)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "ab") as handle:
+    with _naming(partial), open(partial, "ab") as handle:
         handle.truncate(state.bytes)  # drop a torn line / a chunk whose state was not saved
         handle.flush()
         os.fsync(handle.fileno())
@@ -169,6 +194,7 @@ def score_file(
     dist: DistributedContext | None = None,
     restart: bool = False,
     show_progress: bool = True,
+    lock: bool = True,
 ) -> ScoreFileResult:
     """Fill ``teacher_scores`` of every record of ``input_path`` and write them to ``output_path`` (resumable).
 
@@ -182,6 +208,8 @@ def score_file(
         dist: rank and world size (default: from torchrun's environment variables).
         restart: discard a previous partial run instead of continuing it.
         show_progress: tqdm bar with records/s and ETA (rank 0 only).
+        lock: hold :func:`score_lock` for the run; False when the caller already holds it (the CLI takes it
+            before loading the LLM, so a second writer is refused in a second, not after the load).
     """
     if chunk_size < 1:
         raise UserError(f"--chunk-size must be positive, got {chunk_size}")
@@ -206,6 +234,20 @@ def score_file(
         "world_size": dist.world_size,
         **(options or {}),
     }
+    if lock:
+        with score_lock(output, dist):
+            return score_file(
+                input_path,
+                output,
+                scorer,
+                chunk_size=chunk_size,
+                skip_invalid=skip_invalid,
+                options=options,
+                dist=dist,
+                restart=restart,
+                show_progress=show_progress,
+                lock=False,
+            )
     fingerprint = file_fingerprint(input_path, fingerprint_options)
     partial, state_path = partial_paths(output, dist)
     state = _open_state(partial, state_path, fingerprint, restart, skip_invalid)
@@ -213,11 +255,11 @@ def score_file(
 
     progress = None
     if show_progress and dist.is_main:
-        from tqdm.auto import tqdm
+        from llm_embedder.utils.progress import progress
 
         total = count_records(input_path)
         share = total if dist.world_size == 1 else -(-total // dist.world_size)
-        progress = tqdm(
+        progress = progress(
             total=share, initial=state.records_done, desc="scoring", unit="rec", dynamic_ncols=True, smoothing=0.1
         )
     try:
@@ -230,7 +272,7 @@ def score_file(
                 continue
             lines, candidates, skipped, first_skip = _score_chunk(input_path, chunk, scorer, skip_invalid)
             data = "".join(lines).encode("utf-8")
-            with open(partial, "ab") as handle:
+            with _naming(partial), open(partial, "ab") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

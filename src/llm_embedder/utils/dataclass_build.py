@@ -10,6 +10,9 @@ as the string ``"5e-5"``, and a recipe saying ``lr: 5e-5`` means the number.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,3 +56,77 @@ def _number(text: str, where: str) -> float:
         return float(text)
     except ValueError:
         raise UserError(f"{where} must be a number, got {text!r}") from None
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return {list: "a list", dict: "a mapping"}.get(origin, str(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """``(ok, value)``: whether ``value`` fits the annotation ``tp`` (a number written as text counts as one)."""
+    if tp is Any:
+        return True, value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        (item,) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, item) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            return False, value
+        _, item = typing.get_args(tp) or (Any, Any)
+        entries = {k: _coerce(v, item) for k, v in value.items()}
+        return all(ok for ok, _ in entries.values()), {k: v for k, (_, v) in entries.items()}
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, value  # kept as written: an int stays an int (stage fingerprints hash the values)
+        if isinstance(value, str):
+            # YAML 1.1 reads "5e-5" (no dot) as a string; it is plainly the number the user meant
+            try:
+                number = float(value)
+            except ValueError:
+                return False, value
+            return math.isfinite(number), number
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, tp), value
+    return True, value  # a type we do not check (a callable escape hatch, ...)
+
+
+def check_field_types(instance: Any, where: str) -> Any:
+    """Check every field of a built dataclass against its type hint, in place; returns ``instance``.
+
+    :func:`build_dataclass` checks the keys only, so ``seed: abc`` in a recipe would travel until some stage does
+    arithmetic with it (an hour later, as a traceback). Numbers written as text (YAML's ``lr: 5e-5``) are converted.
+    """
+    hints = typing.get_type_hints(type(instance))
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        ok, converted = _coerce(value, hints.get(f.name, Any))
+        if not ok:
+            raise UserError(f"{where}: '{f.name}' must be {_type_name(hints[f.name])}, got {value!r}")
+        setattr(instance, f.name, converted)
+    return instance

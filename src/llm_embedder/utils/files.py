@@ -42,9 +42,11 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(target)  # a failed write (disk full) names no file; say which output it was
         raise
 
 
@@ -62,31 +64,46 @@ def exclusive_lock(path: str | os.PathLike[str], *, what: str = "output") -> Ite
     Two jobs writing the same output (two ``score`` runs with one ``-o``, two ``index`` runs into one folder) would
     interleave their partial files and lose records while both report success, so the second one is refused with one
     line instead. The lock is an OS-level ``flock``: the kernel releases it when the holder exits, even on kill -9, so
-    a crashed run never leaves a stale lock behind (the ``.lock`` file itself may stay; it is only a handle).
+    a crashed run never leaves a stale lock behind (after kill -9 the ``.lock`` file stays, only as a handle the next
+    run takes over). A finished run removes it, under the lock; a waiter that locked the removed file opens it again.
     """
     target = Path(path)
     lock_path = target.with_name(target.name + ".lock")
-    try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, _open_mode())
-    except OSError as exc:
-        raise UserError(
-            f"{lock_path}: cannot create the lock file for {what}: {exc.strerror}",
-            hint="choose an output path in a folder you can write to",
-        ) from None
-    try:
+    while True:
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, _open_mode())
+        except OSError as exc:
+            raise UserError(
+                f"{lock_path}: cannot create the lock file for {what}: {exc.strerror}",
+                hint="choose an output path in a folder you can write to",
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             raise UserError(
                 f"{target}: another run (pid {holder}) is writing this {what}",
                 hint="wait for it to finish, or choose another output path",
             ) from None
+        # The holder before us removes the lock file when it finishes; if we locked that removed file, the lock
+        # protects nothing: open the current one again.
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield lock_path
     finally:
+        # remove the file while still holding the lock (no lock file is left beside the outputs), then release
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
         os.close(fd)  # closing the descriptor releases the flock

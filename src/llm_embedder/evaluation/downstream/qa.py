@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from llm_embedder.data.records import Record
 from llm_embedder.evaluation.downstream.base import (
@@ -26,6 +25,7 @@ from llm_embedder.evaluation.downstream.base import (
     require_answers,
 )
 from llm_embedder.evaluation.downstream.prompting import build_scoring_request, score, select_keys, token_lengths
+from llm_embedder.utils.progress import progress
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -133,7 +133,7 @@ def generate_greedy(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="qa generation", unit="batch", disable=not show_progress, leave=False):
+    for batch in progress(batches, desc="qa generation", unit="batch", disable=not show_progress, leave=False):
         width = max(len(prompts[i]) for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
