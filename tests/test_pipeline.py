@@ -162,13 +162,13 @@ def _one_line_error(capsys) -> str:
             "(e.g. variants: {full: {}, no_instructions: {use_instructions: false}})",
         ),
         ("variants: [full]", "recipe.yaml: 'variants' must map variant names to training overrides, got ['full']"),
-        ("train: {steps: abc}", "recipe.yaml: train: 'steps' must be an integer, got 'abc'"),
-        ("train: {lr: fast}", "recipe.yaml: train: 'lr' must be a number, got 'fast'"),
+        ("train: {steps: abc}", "recipe.yaml: train: steps must be a positive integer, got 'abc'"),
+        ("train: {lr: fast}", "recipe.yaml: train: lr must be a number, got 'fast'"),
         ("eval: {downstream: maybe}", "recipe.yaml: eval: 'downstream' must be true or false, got 'maybe'"),
         ("score: {max_key_tokens: 1.5}", "recipe.yaml: score: 'max_key_tokens' must be an integer, got 1.5"),
         (
             "variants: {full: {lr: abc}}",
-            "recipe.yaml: variants.full: 'lr' must be a number, got 'abc'",
+            "recipe.yaml: variants.full: lr must be a number, got 'abc'",
         ),
         (
             "variants: {full: {}, bad: {weight_decay: -1}}",
@@ -205,7 +205,7 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path, data_dir):
     toy = data_dir / "toy" / "tool.jsonl"
     path = _write(tmp_path, f"tasks: {{tool: {{train: {toy}, dev: {toy}}}}}\ntrain: {{lr: 5e-5}}\n")
     assert yaml.safe_load(path.read_text())["train"]["lr"] == "5e-5"
-    assert load_config(path).train.lr == 5e-5
+    assert load_config(path).train["lr"] == 5e-5
 
 
 def test_task_names_from_a_tasks_file_are_checked_as_path_names(tmp_path, capsys):

@@ -57,6 +57,23 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         handle.write("\n")
 
 
+#: descriptors of the locks this process holds; closed in forked children (see _drop_locks_in_child)
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child (a DataLoader worker, a multiprocessing worker) inherits the lock's open file description; if it
+    outlived a killed parent it would keep the lock held and refuse the rerun. Children never own our locks: close
+    their copies (the parent's descriptor keeps the lock)."""
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike[str], *, what: str = "output") -> Iterator[Path]:
     """Hold an exclusive lock on ``path`` (a ``<path>.lock`` file beside it) for the whole block.
@@ -98,6 +115,7 @@ def exclusive_lock(path: str | os.PathLike[str], *, what: str = "output") -> Ite
         if same:
             break
         os.close(fd)
+    _HELD_LOCKS.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -106,4 +124,5 @@ def exclusive_lock(path: str | os.PathLike[str], *, what: str = "output") -> Ite
         # remove the file while still holding the lock (no lock file is left beside the outputs), then release
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # closing the descriptor releases the flock
