@@ -12,7 +12,8 @@ from llm_embedder.cli.main import main
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError
 from llm_embedder.lm.likelihood import char_budget, max_token_chars
-from llm_embedder.reward import RewardScorer, scorer as scorer_module
+from llm_embedder.reward import RewardScorer
+from llm_embedder.reward import scorer as scorer_module
 from tests.test_reward import lm_folder, model, tokenizer  # noqa: F401 - shared fixtures
 
 GOOD = {"query": "capital of France?", "pos": ["Paris is in France."], "neg": ["Cats purr."], "answers": ["Paris"]}
@@ -28,9 +29,9 @@ def test_non_finite_reward_stops_the_run_naming_the_record(tmp_path, capsys, lm_
     real = scorer_module.score_requests
     calls = []
 
-    def nan_for_cats(model, requests, **kwargs):  # --chunk-size 1: one call per record
+    def nan_for_cats(lm, requests, **kwargs):  # --chunk-size 1: one call per record
         calls.append(len(requests))
-        sums, counts = real(model, requests, **kwargs)
+        sums, counts = real(lm, requests, **kwargs)
         if len(calls) == 2:
             sums[1] = np.nan  # the second record's second candidate ("Cats purr.")
         return sums, counts

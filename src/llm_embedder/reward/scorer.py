@@ -12,8 +12,8 @@ length-bucketed batches and duplicates (the same passage for the same question a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
