@@ -18,6 +18,7 @@ from pathlib import Path
 from llm_embedder.cli.common import add_tasks_file_argument, load_tasks_file
 from llm_embedder.errors import UserError
 from llm_embedder.lm.loading import BUNDLED_LMS, DEFAULT_LM, load_causal_lm, resolve_lm
+from llm_embedder.lm.precision import DEFAULT_SCORING_DTYPE, LM_DTYPES, resolve_dtype
 from llm_embedder.reward.distributed import DistributedContext
 from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, split_template
 from llm_embedder.reward.resumable import precheck_file, score_file
@@ -40,7 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_LM,
         help=f"LLM: {', '.join(BUNDLED_LMS)} (bundled), a folder, a .gguf file or a hub id (default: {DEFAULT_LM})",
     )
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="LM weights (bf16 on GPUs)")
+    parser.add_argument(
+        "--dtype",
+        default=DEFAULT_SCORING_DTYPE,
+        choices=LM_DTYPES,
+        help="LM precision (default auto: bf16-mixed where bf16 is native, else fp32; fp32 = exact reference)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--reduction", default="mean", choices=["mean", "sum"], help="of the answer's token log-probs")
     parser.add_argument(
@@ -113,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     dist.init()
     try:
         identity = _lm_identity(args.lm)
-        model, tokenizer = load_causal_lm(args.lm, dtype=args.dtype, device=dist.device(args.device))
+        device = dist.device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+        model, tokenizer = load_causal_lm(args.lm, dtype=dtype, device=device)
         scorer = RewardScorer(
             model,
             tokenizer,
@@ -131,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             scorer,
             chunk_size=args.chunk_size,
             skip_invalid=args.skip_invalid,
-            options={**identity, "dtype": args.dtype},
+            options={**identity, "dtype": dtype},  # the resolved precision: "auto" differs between machines
             dist=dist,
             restart=args.restart,
             show_progress=not args.no_progress,

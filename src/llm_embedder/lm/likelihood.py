@@ -12,8 +12,8 @@ Why it is fast:
 * Identical requests are scored once.
 
 Padding is on the right with an attention mask, so real tokens keep positions ``0..n-1`` and never attend to
-padding. The LM's own dtype is used for the forward pass (load it in bf16 for speed); the log-softmax is always
-computed in float32.
+padding. The LM runs in the precision it was loaded with (``lm.precision``: its weights' dtype, or bf16 autocast
+for ``bf16-mixed``); the log-softmax is always computed in float32.
 
 Tokenisation (:func:`build_request`): the context and the target are tokenised separately and their ids
 concatenated, so the target tokens are exactly the answer's own tokens, whatever the context is, and a score
@@ -36,6 +36,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from llm_embedder.lm.precision import precision_context
 
 __all__ = [
     "ScoringRequest",
@@ -337,10 +339,22 @@ class _Scorer:
         selected = hidden[rows, positions]
         step = max(1, _LOGITS_ELEMENTS // max(1, self.head.weight.shape[0]))
         parts = [
-            self._target_logprobs(self.head(selected[i : i + step]), labels[i : i + step], softcap=True)
+            self._target_logprobs(self._head(selected[i : i + step]), labels[i : i + step], softcap=True)
             for i in range(0, selected.shape[0], step)
         ]
         return torch.cat(parts) if parts else selected.new_zeros(0, dtype=torch.float32)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on the selected rows; in float32 when the weights are (bf16-mixed autocast included).
+
+        Why: under autocast the head's output would be rounded to bf16 - 8 bits of mantissa, i.e. +-0.06 on a
+        logit of 20 - the largest error of ``bf16-mixed`` and enough to swap near-tied candidates. The head runs
+        on the target rows only, so float32 here costs little.
+        """
+        if self.head.weight.dtype == torch.float32 and torch.is_autocast_enabled(self.device.type):
+            with torch.autocast(self.device.type, enabled=False):
+                return self.head(hidden.float())
+        return self.head(hidden)
 
     def _logprobs_full(self, inputs: dict[str, torch.Tensor], rows, positions, labels) -> torch.Tensor:  # type: ignore[no-untyped-def]
         logits = self.model(**inputs, use_cache=False).logits
@@ -478,7 +492,7 @@ def score_requests(
 
         progress = tqdm(total=sum(len(u.targets) for u in units), desc=desc, unit="req", dynamic_ncols=True)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), precision_context(model, _model_device(model)):
             scorer = _Scorer(model)
             for batch in batches:
                 for index, result in zip(batch, scorer.score_units([units[k] for k in batch]), strict=True):
