@@ -37,7 +37,7 @@ def test_bf16_mixed_keeps_fp32_weights_and_autocasts(lm_folder):  # noqa: F811
 
 def _scores(folder, dtype, records, task):
     model, tok = load_causal_lm(str(folder), dtype=dtype, device="cpu")
-    return [np.asarray(s) for s in RewardScorer(model, tok, task=task).score(records)]
+    return [np.asarray(s) for s in RewardScorer(model, tok, task=task, max_key_tokens=128).score(records)]
 
 
 @pytest.mark.parametrize("task", ["qa", "chat", "lrlm"])
@@ -62,3 +62,15 @@ def test_bundled_lm_bf16_mixed_ranks_candidates_like_fp32(data_dir):
     for a, b in zip(exact, mixed, strict=True):
         assert list(np.argsort(-a)) == list(np.argsort(-b)), (a, b)
         assert float(np.abs(a - b).max()) < 0.05, (a, b)
+
+
+def test_bf16_mixed_keeps_the_selected_positions_fast_path(lm_folder):  # noqa: F811
+    """Under autocast the model's own logits are bf16-rounded; the one-off check that the fast path (LM head on
+    answer rows only) reproduces them must still pass, or every batch would pay for full-vocabulary logits."""
+    from llm_embedder.lm.likelihood import _Scorer
+
+    model, _ = load_causal_lm(str(lm_folder), dtype="bf16-mixed", device="cpu")
+    with torch.inference_mode(), precision.precision_context(model, torch.device("cpu")):
+        scorer = _Scorer(model)
+        assert scorer.fast
+        assert scorer._head(torch.zeros(2, model.config.hidden_size)).dtype == torch.float32

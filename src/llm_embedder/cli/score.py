@@ -61,7 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="reward template overriding the task's, with {key}, {query} and {answer} ('\\n' = newline)",
     )
-    parser.add_argument("--token-budget", type=int, default=8192, help="padded tokens per forward pass")
+    parser.add_argument(
+        "--token-budget",
+        type=int,
+        default=None,
+        help="padded tokens per forward pass (default: 1024 on CPU, 8192 on GPU)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=64, help="sequences per forward pass")
     parser.add_argument("--chunk-size", type=int, default=64, help="records per resumable step (keep it on restart)")
     parser.add_argument(

@@ -42,7 +42,8 @@ class TaskData:
 
 @dataclass
 class ScoreConfig:
-    token_budget: int = 8192
+    #: None = the LM device's default (lm.likelihood.DEFAULT_TOKEN_BUDGET: 1024 on CPU, 8192 on GPU)
+    token_budget: int | None = None
     max_batch_size: int = 64
     max_key_tokens: int = 512
     #: LM precision (``lm.precision``): auto = bf16-mixed where bf16 is native (same rankings as fp32), else fp32

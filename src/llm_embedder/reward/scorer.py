@@ -21,7 +21,7 @@ import numpy as np
 
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError, UserError
-from llm_embedder.lm.likelihood import char_budget, max_token_chars, score_requests
+from llm_embedder.lm.likelihood import char_budget, default_token_budget, max_token_chars, score_requests
 from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, RecordPrompts, RewardPromptBuilder, _where
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 
@@ -33,6 +33,13 @@ class PreparedRecord(RecordPrompts):
     """A record's requests and the record itself, so a problem found while scoring can name its file:line."""
 
     record: Record | None = None
+
+
+def _device(model: Any) -> Any:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return "cpu"
 
 
 def lm_context_length(model: Any) -> int | None:
@@ -56,7 +63,8 @@ class RewardScorer:
         reduction: ``"mean"`` (default) or ``"sum"`` of the answer tokens' log-probabilities.
         max_key_tokens: truncate candidates to this many tokens (reference: 512).
         max_length: longest allowed prompt (default: the LM's context window).
-        token_budget / max_batch_size: batching of the LM (see ``lm.likelihood.score_requests``).
+        token_budget / max_batch_size: batching of the LM (see ``lm.likelihood.score_requests``); ``None`` =
+            the default of the LM's device (``lm.likelihood.DEFAULT_TOKEN_BUDGET``: 1,024 on CPUs, 8,192 on GPUs).
         add_bos: prepend BOS; ``None`` follows the tokenizer.
 
     Example:
@@ -76,12 +84,14 @@ class RewardScorer:
         reduction: Reduction = "mean",
         max_key_tokens: int | None = DEFAULT_MAX_KEY_TOKENS,
         max_length: int | None = None,
-        token_budget: int = 8192,
+        token_budget: int | None = None,
         max_batch_size: int = 64,
         add_bos: bool | None = None,
     ) -> None:
         if reduction not in ("mean", "sum"):
             raise UserError(f"unknown reduction {reduction!r}", hint="choose mean or sum")
+        if token_budget is None:
+            token_budget = default_token_budget(_device(model))
         if token_budget < 1 or max_batch_size < 1:
             raise UserError("--token-budget and --max-batch-size must be positive")
         self.model = model
