@@ -74,3 +74,13 @@ def test_bf16_mixed_keeps_the_selected_positions_fast_path(lm_folder):  # noqa: 
         scorer = _Scorer(model)
         assert scorer.fast
         assert scorer._head(torch.zeros(2, model.config.hidden_size)).dtype == torch.float32
+
+
+def test_scoring_token_budget_defaults_by_device(tokenizer):  # noqa: F811
+    from llm_embedder.lm.likelihood import default_token_budget
+    from tests.test_reward import tiny_lm
+
+    assert default_token_budget("cpu") == 1024
+    assert default_token_budget("cuda:1") == 8192
+    assert RewardScorer(tiny_lm(tokenizer), tokenizer, task="qa").token_budget == 1024
+    assert RewardScorer(tiny_lm(tokenizer), tokenizer, task="qa", token_budget=300).token_budget == 300
