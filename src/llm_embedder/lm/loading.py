@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from llm_embedder.errors import UserError
-from llm_embedder.lm.precision import resolve_dtype, set_precision, weight_dtype
+from llm_embedder.lm.precision import default_device, resolve_dtype, set_precision, weight_dtype
 from llm_embedder.model.loading import resolve_model_path
 
 DEFAULT_LM = "smollm2"
@@ -146,8 +146,7 @@ def load_causal_lm(
     ``fp32``, ``bf16-mixed``, ``bf16``, ``fp16``; see that module for what each does)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or default_device()
     dtype = resolve_dtype(dtype, device)
     folder = resolve_lm(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(folder)

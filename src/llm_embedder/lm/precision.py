@@ -38,6 +38,11 @@ _WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.f
 _AUTOCAST: weakref.WeakKeyDictionary[Any, torch.dtype] = weakref.WeakKeyDictionary()
 
 
+def default_device() -> str:
+    """Where an LM goes when the caller does not say: the GPU if there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def bf16_is_native(device: str | torch.device) -> bool:
     """Whether ``device`` computes bf16 matrix products in hardware (so bf16 is a speed-up, not an emulation)."""
     device = torch.device(device)
