@@ -44,6 +44,7 @@ __all__ = [
     "build_request",
     "char_budget",
     "default_token_budget",
+    "model_device",
     "max_token_chars",
     "plan_batches",
     "score_requests",
@@ -249,10 +250,11 @@ def default_token_budget(device: str | torch.device) -> int:
 _LOGITS_ELEMENTS = 1 << 25
 
 
-def _model_device(model: Any) -> torch.device:
+def model_device(model: Any) -> torch.device:
+    """The device of ``model``'s first parameter (cpu for a model without parameters, or a stand-in)."""
     try:
         return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - a model without parameters
+    except (StopIteration, AttributeError):
         return torch.device("cpu")
 
 
@@ -306,7 +308,7 @@ class _Scorer:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.device = _model_device(model)
+        self.device = model_device(model)
         self.pad_id = _pad_id(model)
         self.softcap = _softcap(model)
         self.sliding_window = _sliding_window(model)
@@ -513,7 +515,7 @@ def score_requests(
 
         progress = tqdm(total=sum(len(u.targets) for u in units), desc=desc, unit="req", dynamic_ncols=True)
     try:
-        with torch.inference_mode(), precision_context(model, _model_device(model)):
+        with torch.inference_mode(), precision_context(model, model_device(model)):
             scorer = _Scorer(model)
             for batch in batches:
                 for index, result in zip(batch, scorer.score_units([units[k] for k in batch]), strict=True):

@@ -21,7 +21,13 @@ import numpy as np
 
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError, UserError
-from llm_embedder.lm.likelihood import char_budget, default_token_budget, max_token_chars, score_requests
+from llm_embedder.lm.likelihood import (
+    char_budget,
+    default_token_budget,
+    max_token_chars,
+    model_device,
+    score_requests,
+)
 from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, RecordPrompts, RewardPromptBuilder, _where
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 
@@ -33,13 +39,6 @@ class PreparedRecord(RecordPrompts):
     """A record's requests and the record itself, so a problem found while scoring can name its file:line."""
 
     record: Record | None = None
-
-
-def _device(model: Any) -> Any:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return "cpu"
 
 
 def lm_context_length(model: Any) -> int | None:
@@ -91,7 +90,7 @@ class RewardScorer:
         if reduction not in ("mean", "sum"):
             raise UserError(f"unknown reduction {reduction!r}", hint="choose mean or sum")
         if token_budget is None:
-            token_budget = default_token_budget(_device(model))
+            token_budget = default_token_budget(model_device(model))
         if token_budget < 1 or max_batch_size < 1:
             raise UserError("--token-budget and --max-batch-size must be positive")
         self.model = model
@@ -169,7 +168,11 @@ class RewardScorer:
         return dataclasses.replace(record, **changes)
 
     def score_prepared(self, prepared: Sequence[RecordPrompts], *, show_progress: bool = False) -> list[list[float]]:
-        """Teacher scores (one list per record, one score per candidate) of already built requests."""
+        """Teacher scores (one list per record, one score per candidate) of already built requests.
+
+        A NaN or infinite reward is never returned: it raises a DataError naming the record (file:line,
+        query_id) - see :func:`_check_finite` for why the run stops instead of skipping the record.
+        """
         flat = [request for prompts in prepared for request in prompts.flat]
         sums, counts = score_requests(
             self.model,
