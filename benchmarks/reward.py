@@ -74,7 +74,7 @@ def take(task: str, n: int, candidates: int) -> list[Record]:
 
 
 #: the stated tolerance (nats of mean log-probability): a pair of candidates whose fp32 rewards differ by more
-#: than this must keep its order
+#: than this must keep its order (rewards themselves: within 0.15 nats, benchmarks/README.md)
 TOLERANCE = 0.05
 
 
