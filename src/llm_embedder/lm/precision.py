@@ -2,9 +2,10 @@
 
 * ``fp32`` - float32 weights and arithmetic: the exact reference every other choice is measured against.
 * ``bf16-mixed`` - float32 weights, matrix products in bfloat16 under ``torch.autocast`` (norms, softmax and the
-  residual stream stay float32). On a CPU with native BF16 instructions (AVX512-BF16, AMX) it scores 2.5-3x
-  faster than fp32 with the same candidate rankings (``benchmarks/README.md``); without them bf16 is emulated
-  and slower than fp32.
+  residual stream stay float32; the scorer runs the LM head in float32). On a CPU with native BF16
+  instructions (AVX512-BF16, AMX) it scores 1.5-3x faster than fp32, rewards within 0.15 nats, and no two
+  candidates whose fp32 rewards differ by more than 0.05 nats swap places (``benchmarks/README.md``); without
+  such instructions bf16 is emulated and slower than fp32.
 * ``bf16`` / ``fp16`` - the weights themselves in that type: the usual choice on GPUs. On a CPU ``bf16`` is no
   faster than ``bf16-mixed`` and about twice as far from fp32 (the residual stream is rounded to bf16 too).
 * ``auto`` - ``bf16-mixed`` where bf16 is native (CUDA with bf16 support, or a CPU with BF16 instructions),
