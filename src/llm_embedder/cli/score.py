@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from llm_embedder.cli.common import add_tasks_file_argument, load_tasks_file
 from llm_embedder.errors import UserError
 from llm_embedder.lm.loading import BUNDLED_LMS, DEFAULT_LM, resolve_lm
+from llm_embedder.lm.precision import DEFAULT_SCORING_DTYPE, LM_DTYPES
 from llm_embedder.tasks.registry import TASKS
 
 if TYPE_CHECKING:
@@ -43,7 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_LM,
         help=f"LLM: {', '.join(BUNDLED_LMS)} (bundled), a folder, a .gguf file or a hub id (default: {DEFAULT_LM})",
     )
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="LM weights (bf16 on GPUs)")
+    parser.add_argument(
+        "--dtype",
+        default=DEFAULT_SCORING_DTYPE,
+        choices=LM_DTYPES,
+        help="LM precision (default auto: bf16-mixed where bf16 is native, else fp32; fp32 = exact reference)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--reduction", default="mean", choices=["mean", "sum"], help="of the answer's token log-probs")
     parser.add_argument(
@@ -58,7 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="reward template overriding the task's, with {key}, {query} and {answer} ('\\n' = newline)",
     )
-    parser.add_argument("--token-budget", type=int, default=8192, help="padded tokens per forward pass")
+    parser.add_argument(
+        "--token-budget",
+        type=int,
+        default=None,
+        help="padded tokens per forward pass (default: 1024 on CPU, 8192 on GPU)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=64, help="sequences per forward pass")
     parser.add_argument("--chunk-size", type=int, default=64, help="records per resumable step (keep it on restart)")
     parser.add_argument(
@@ -141,11 +152,14 @@ def _score(
 ) -> ScoreFileResult:
     """Load the LLM and score the file (the caller holds the output's lock)."""
     from llm_embedder.lm.loading import load_causal_lm
+    from llm_embedder.lm.precision import resolve_dtype
     from llm_embedder.reward.resumable import score_file
     from llm_embedder.reward.scorer import RewardScorer
 
     identity = _lm_identity(args.lm)
-    model, tokenizer = load_causal_lm(args.lm, dtype=args.dtype, device=dist.device(args.device))
+    device = dist.device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    model, tokenizer = load_causal_lm(args.lm, dtype=dtype, device=device)
     scorer = RewardScorer(
         model,
         tokenizer,
@@ -163,7 +177,7 @@ def _score(
         scorer,
         chunk_size=args.chunk_size,
         skip_invalid=args.skip_invalid,
-        options={**identity, "dtype": args.dtype},
+        options={**identity, "dtype": dtype},  # the resolved precision: "auto" differs between machines
         dist=dist,
         restart=args.restart,
         show_progress=not args.no_progress,

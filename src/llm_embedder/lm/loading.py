@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder.errors import UserError
+from llm_embedder.lm.precision import default_device, resolve_dtype, set_precision, weight_dtype
 from llm_embedder.model.loading import resolve_model_path
 from llm_embedder.utils.cache import cache_dir
 
@@ -135,20 +136,18 @@ def load_causal_lm(
     dtype: str = "fp32",
     device: str | None = None,
 ) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` in eval mode; ``dtype`` is fp32, bf16 or fp16."""
-    import torch
+    """``(model, tokenizer)`` in eval mode; ``dtype`` is a name of ``lm.precision.LM_DTYPES`` (``auto``,
+    ``fp32``, ``bf16-mixed``, ``bf16``, ``fp16``; see that module for what each does)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if dtype not in dtypes:
-        raise UserError(f"unknown dtype {dtype!r}", hint="choose fp32, bf16 or fp16")
+    device = device or default_device()
+    dtype = resolve_dtype(dtype, device)
     folder = resolve_lm(name_or_path)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtypes[dtype])
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=weight_dtype(dtype))
     model.to(device)
     model.eval()
+    set_precision(model, dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

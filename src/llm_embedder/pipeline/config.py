@@ -44,10 +44,12 @@ class TaskData:
 
 @dataclass
 class ScoreConfig:
-    token_budget: int = 8192
+    #: None = the LM device's default (lm.likelihood.DEFAULT_TOKEN_BUDGET: 1024 on CPU, 8192 on GPU)
+    token_budget: int | None = None
     max_batch_size: int = 64
     max_key_tokens: int = 512
-    dtype: str = "fp32"
+    #: LM precision (``lm.precision``): auto = bf16-mixed where bf16 is native (same rankings as fp32), else fp32
+    dtype: str = "auto"
     #: also score the dev records of reward tasks that have no labelled positives (chat, lrlm, icl), so they get
     #: retrieval metrics (relevant = the candidate the LLM rewards most)
     score_dev: bool = True

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder.errors import UserError
+from llm_embedder.lm.precision import default_device, resolve_dtype
 from llm_embedder.pipeline.build import build_task
 from llm_embedder.pipeline.config import PipelineConfig
 from llm_embedder.pipeline.stages import StageTracker
@@ -95,7 +96,12 @@ class Pipeline:
                         token_budget=cfg.token_budget,
                         max_batch_size=cfg.max_batch_size,
                     )
-                    result = score_file(src, dst, scorer, options={"lm": teacher, "dtype": cfg.dtype})
+                    result = score_file(
+                        src,
+                        dst,
+                        scorer,
+                        options={"lm": teacher, "dtype": resolve_dtype(cfg.dtype, self.device or default_device())},
+                    )
                     return _jsonable(result)
 
                 self.tracker.run(f"score-{task}-{split}", fp, work)

@@ -12,18 +12,33 @@ length-bucketed batches and duplicates (the same passage for the same question a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError, UserError
-from llm_embedder.lm.likelihood import score_requests
+from llm_embedder.lm.likelihood import (
+    char_budget,
+    default_token_budget,
+    max_token_chars,
+    model_device,
+    score_requests,
+)
 from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, RecordPrompts, RewardPromptBuilder, _where
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 
 Reduction = Literal["mean", "sum"]
+
+
+@dataclass
+class PreparedRecord(RecordPrompts):
+    """A record's requests and the record itself, so a problem found while scoring can name its file:line."""
+
+    record: Record | None = None
 
 
 def lm_context_length(model: Any) -> int | None:
@@ -47,7 +62,8 @@ class RewardScorer:
         reduction: ``"mean"`` (default) or ``"sum"`` of the answer tokens' log-probabilities.
         max_key_tokens: truncate candidates to this many tokens (reference: 512).
         max_length: longest allowed prompt (default: the LM's context window).
-        token_budget / max_batch_size: batching of the LM (see ``lm.likelihood.score_requests``).
+        token_budget / max_batch_size: batching of the LM (see ``lm.likelihood.score_requests``); ``None`` =
+            the default of the LM's device (``lm.likelihood.DEFAULT_TOKEN_BUDGET``: 1,024 on CPUs, 8,192 on GPUs).
         add_bos: prepend BOS; ``None`` follows the tokenizer.
 
     Example:
@@ -67,12 +83,14 @@ class RewardScorer:
         reduction: Reduction = "mean",
         max_key_tokens: int | None = DEFAULT_MAX_KEY_TOKENS,
         max_length: int | None = None,
-        token_budget: int = 8192,
+        token_budget: int | None = None,
         max_batch_size: int = 64,
         add_bos: bool | None = None,
     ) -> None:
         if reduction not in ("mean", "sum"):
             raise UserError(f"unknown reduction {reduction!r}", hint="choose mean or sum")
+        if token_budget is None:
+            token_budget = default_token_budget(model_device(model))
         if token_budget < 1 or max_batch_size < 1:
             raise UserError("--token-budget and --max-batch-size must be positive")
         self.model = model
@@ -109,10 +127,52 @@ class RewardScorer:
         if task is None:
             path, lineno = _where(record)
             raise DataError(path, lineno, "missing", field="task", hint="pass --task or give each record a 'task'")
-        return self.builder(task).build(record)
+        return PreparedRecord(self.builder(task).build(self.cut(record)).requests, record)
+
+    def cut(self, record: Record) -> Record:
+        """``record`` with its texts cut by characters to what the LM can use, BEFORE anything is tokenised.
+
+        Why: one 50 MB field cost 7-9 GB of RAM when tokenised whole to keep 512 of its tokens (issue 11).
+        Candidates keep their beginning, cut to :func:`~llm_embedder.lm.likelihood.char_budget` of
+        ``max_key_tokens`` (or of the LM's context): their first ``max_key_tokens`` tokens, hence the scores,
+        are unchanged. The query and the answers are never truncated; one longer than ``max_length`` tokens
+        could hold (``max_length * max_token_chars`` characters) cannot fit the prompt and is refused here,
+        before tokenising it. Returns ``record`` itself when nothing is cut, else a copy (the record written
+        out keeps its texts).
+        """
+        key_tokens = self.max_key_tokens if self.max_key_tokens is not None else self.max_length
+        if key_tokens is None:
+            return record
+        limit = char_budget(self.tokenizer, key_tokens)
+        if self.max_length is not None:
+            most = self.max_length * max_token_chars(self.tokenizer)
+            texts = [("query", record.query), *(("answers", a) for a in record.answers or [])]
+            for field, text in texts:
+                if len(text) > most:
+                    path, lineno = _where(record)
+                    raise DataError(
+                        path,
+                        lineno,
+                        f"is {len(text):,} characters, more than the LM's context of {self.max_length} tokens can "
+                        f"hold (at most {max_token_chars(self.tokenizer)} characters per token)",
+                        field=field,
+                        hint="shorten it, or pass --skip-invalid to skip such records",
+                    )
+        if all(len(c) <= limit for c in record.candidates):
+            return record
+        changes: dict[str, Any] = {}
+        for field in ("pos", "neg", "history"):
+            texts = getattr(record, field)
+            if texts and any(len(t) > limit for t in texts):
+                changes[field] = [t[:limit] for t in texts]
+        return dataclasses.replace(record, **changes)
 
     def score_prepared(self, prepared: Sequence[RecordPrompts], *, show_progress: bool = False) -> list[list[float]]:
-        """Teacher scores (one list per record, one score per candidate) of already built requests."""
+        """Teacher scores (one list per record, one score per candidate) of already built requests.
+
+        A NaN or infinite reward is never returned: it raises a DataError naming the record (file:line,
+        query_id) - see :func:`_check_finite` for why the run stops instead of skipping the record.
+        """
         flat = [request for prompts in prepared for request in prompts.flat]
         sums, counts = score_requests(
             self.model,
@@ -134,6 +194,7 @@ class RewardScorer:
                 n = len(per_candidate)
                 scores.append(float(np.mean(values[offset : offset + n])))
                 offset += n
+            _check_finite(prompts, scores)
             out.append(scores)
         return out
 
@@ -146,3 +207,25 @@ class RewardScorer:
         for record, scores in zip(records, self.score(records, show_progress=show_progress), strict=True):
             record.teacher_scores = scores
         return list(records)
+
+
+def _check_finite(prompts: RecordPrompts, scores: list[float]) -> None:
+    """Refuse a NaN/inf reward: written out, it would become a NaN model in ``train`` (issue 11).
+
+    A non-finite log-likelihood is the LM's failure (fp16 overflow, broken weights), not a property of one
+    record, so skipping the record would hide a broken teacher: the run stops with one line naming the record.
+    """
+    bad = [c for c, score in enumerate(scores) if not np.isfinite(score)]
+    if not bad:
+        return
+    record = getattr(prompts, "record", None)
+    path, lineno = _where(record) if record is not None else ("<record>", None)
+    query_id = f" (query_id {record.query_id!r})" if record is not None and record.query_id is not None else ""
+    raise DataError(
+        path,
+        lineno,
+        f"the LM gave a non-finite reward ({scores[bad[0]]}) for candidate {bad[0]}{query_id}; "
+        f"{len(bad)} of {len(scores)} candidates affected, nothing was written for this record",
+        field="teacher_scores",
+        hint="check the LM (weights, dtype: rerun with --dtype fp32)",
+    )

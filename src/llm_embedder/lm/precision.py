@@ -1,0 +1,109 @@
+"""The numeric precision a causal LM runs in: the names users pass (``--dtype``) and what each one does.
+
+* ``fp32`` - float32 weights and arithmetic: the exact reference every other choice is measured against.
+* ``bf16-mixed`` - float32 weights, matrix products in bfloat16 under ``torch.autocast`` (norms, softmax and the
+  residual stream stay float32; the scorer runs the LM head in float32). On a CPU with native BF16
+  instructions (AVX512-BF16, AMX) it scores 1.5-3x faster than fp32, rewards within 0.15 nats, and no two
+  candidates whose fp32 rewards differ by more than 0.05 nats swap places (``benchmarks/README.md``); without
+  such instructions bf16 is emulated and slower than fp32.
+* ``bf16`` / ``fp16`` - the weights themselves in that type: the usual choice on GPUs. On a CPU ``bf16`` is no
+  faster than ``bf16-mixed`` and about twice as far from fp32 (the residual stream is rounded to bf16 too).
+* ``auto`` - ``bf16-mixed`` where bf16 is native (CUDA with bf16 support, or a CPU with BF16 instructions),
+  else ``fp32``. The scoring default: the fastest choice whose rewards rank candidates like fp32.
+
+int8 (dynamic quantisation of the Linear layers, per-channel weights) was measured too and is not offered: on
+SmolLM2-135M it moved mean log-probabilities by up to 4.1 nats and changed the best candidate of 2 of 8 qa
+records (Kendall tau to fp32 0.46).
+
+The autocast of a ``*-mixed`` model is recorded against the model object (:func:`set_precision`) and entered by
+whoever runs it (:func:`precision_context`), so the weights stay plain float32 tensors that any code can use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from llm_embedder.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `llm-embedder score --help` must not load it
+    import torch
+
+#: every name ``--dtype`` accepts for an LM
+LM_DTYPES = ("auto", "fp32", "bf16-mixed", "bf16", "fp16")
+#: what ``llm-embedder score`` and the pipeline's score stage use unless told otherwise
+DEFAULT_SCORING_DTYPE = "auto"
+
+_AUTOCAST: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def default_device() -> str:
+    """Where an LM goes when the caller does not say: the GPU if there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bf16_is_native(device: str | torch.device) -> bool:
+    """Whether ``device`` computes bf16 matrix products in hardware (so bf16 is a speed-up, not an emulation)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # pragma: no cover - a torch build without oneDNN
+            return False
+    return False
+
+
+def resolve_dtype(dtype: str, device: str | torch.device) -> str:
+    """The concrete precision name for ``dtype`` on ``device`` (``auto`` decided; anything unknown refused)."""
+    if dtype not in LM_DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}", hint=f"choose one of {', '.join(LM_DTYPES)}")
+    if dtype == "auto":
+        return "bf16-mixed" if bf16_is_native(device) else "fp32"
+    return dtype
+
+
+def weight_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype the weights are loaded in for a concrete precision name."""
+    import torch
+
+    weights = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-mixed": torch.float32}
+    return weights[dtype]
+
+
+def set_precision(model: Any, dtype: str) -> None:
+    """Record how ``model`` runs: ``bf16-mixed`` makes :func:`precision_context` enter bf16 autocast."""
+    import torch
+
+    if dtype == "bf16-mixed":
+        _AUTOCAST[model] = torch.bfloat16
+    else:
+        _AUTOCAST.pop(model, None)
+
+
+def autocast_dtype(model: Any) -> torch.dtype | None:
+    """The autocast dtype recorded for ``model`` (``None``: it runs in its weights' own dtype)."""
+    try:
+        return _AUTOCAST.get(model)
+    except TypeError:  # not weak-referenceable
+        return None
+
+
+@contextlib.contextmanager
+def precision_context(model: Any, device: torch.device) -> Iterator[None]:
+    """Run ``model`` in its recorded precision (bf16 autocast for ``bf16-mixed``; nothing otherwise)."""
+    import torch
+
+    dtype = autocast_dtype(model)
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield

@@ -1,0 +1,86 @@
+"""LM precision: bf16-mixed (the scoring default where bf16 is native) scores like fp32 - within a tolerance, with
+the same candidate rankings - and fp32 stays available by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llm_embedder.data.records import Record, load_records
+from llm_embedder.errors import UserError
+from llm_embedder.lm import precision
+from llm_embedder.lm.loading import load_causal_lm
+from llm_embedder.reward import RewardScorer
+from tests.test_reward import lm_folder, sample_records, tokenizer  # noqa: F401 - shared fixtures
+
+
+def test_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch):
+    monkeypatch.setattr(precision, "bf16_is_native", lambda device: True)
+    assert precision.resolve_dtype("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(precision, "bf16_is_native", lambda device: False)
+    assert precision.resolve_dtype("auto", "cpu") == "fp32"
+    assert precision.resolve_dtype("fp32", "cpu") == "fp32"
+    assert precision.DEFAULT_SCORING_DTYPE == "auto"
+    with pytest.raises(UserError) as e:
+        precision.resolve_dtype("int8", "cpu")
+    assert str(e.value) == "unknown dtype 'int8' (choose one of auto, fp32, bf16-mixed, bf16, fp16)"
+
+
+def test_bf16_mixed_keeps_fp32_weights_and_autocasts(lm_folder):  # noqa: F811
+    model, _ = load_causal_lm(str(lm_folder), dtype="bf16-mixed", device="cpu")
+    assert next(model.parameters()).dtype == torch.float32
+    assert precision.autocast_dtype(model) == torch.bfloat16
+    plain, _ = load_causal_lm(str(lm_folder), dtype="fp32", device="cpu")
+    assert precision.autocast_dtype(plain) is None
+
+
+def _scores(folder, dtype, records, task):
+    model, tok = load_causal_lm(str(folder), dtype=dtype, device="cpu")
+    return [np.asarray(s) for s in RewardScorer(model, tok, task=task, max_key_tokens=128).score(records)]
+
+
+@pytest.mark.parametrize("task", ["qa", "chat", "lrlm"])
+def test_tiny_lm_bf16_mixed_rewards_within_tolerance_of_fp32(task, data_dir, lm_folder):  # noqa: F811
+    records = sample_records(data_dir, task, n=2, candidates=3)
+    exact = _scores(lm_folder, "fp32", records, task)
+    mixed = _scores(lm_folder, "bf16-mixed", records, task)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(exact, mixed, strict=True))
+    assert 0 < diff < 0.02, diff  # > 0: the bf16 path really ran (a silent fp32 fallback would give 0)
+
+
+def test_bundled_lm_bf16_mixed_ranks_candidates_like_fp32(data_dir):
+    """Real SmolLM2 on a fixed set (each toy qa question, its gold passage and two other questions' passages):
+    every record's candidate ranking is the same in bf16-mixed as in fp32, rewards within 0.05 nats."""
+    source = load_records(data_dir / "toy/qa.jsonl", task="qa")
+    records = []
+    for i, record in enumerate(source):
+        unrelated = [source[(i + k) % len(source)].pos[0] for k in (1, 4)]
+        records.append(Record(query=record.query, pos=record.pos[:1], neg=unrelated, answers=record.answers, task="qa"))
+    exact = _scores("smollm2", "fp32", records, "qa")
+    mixed = _scores("smollm2", "bf16-mixed", records, "qa")
+    for a, b in zip(exact, mixed, strict=True):
+        assert list(np.argsort(-a)) == list(np.argsort(-b)), (a, b)
+        assert float(np.abs(a - b).max()) < 0.05, (a, b)
+
+
+def test_bf16_mixed_keeps_the_selected_positions_fast_path(lm_folder):  # noqa: F811
+    """Under autocast the model's own logits are bf16-rounded; the one-off check that the fast path (LM head on
+    answer rows only) reproduces them must still pass, or every batch would pay for full-vocabulary logits."""
+    from llm_embedder.lm.likelihood import _Scorer
+
+    model, _ = load_causal_lm(str(lm_folder), dtype="bf16-mixed", device="cpu")
+    with torch.inference_mode(), precision.precision_context(model, torch.device("cpu")):
+        scorer = _Scorer(model)
+        assert scorer.fast
+        assert scorer._head(torch.zeros(2, model.config.hidden_size)).dtype == torch.float32
+
+
+def test_scoring_token_budget_defaults_by_device(tokenizer):  # noqa: F811
+    from llm_embedder.lm.likelihood import default_token_budget
+    from tests.test_reward import tiny_lm
+
+    assert default_token_budget("cpu") == 1024
+    assert default_token_budget("cuda:1") == 8192
+    assert RewardScorer(tiny_lm(tokenizer), tokenizer, task="qa").token_budget == 1024
+    assert RewardScorer(tiny_lm(tokenizer), tokenizer, task="qa", token_budget=300).token_budget == 300
