@@ -145,3 +145,12 @@ def test_a_tasks_edit_changes_reward_and_evaluation_prompts(tokenizer, tmp_path,
     ChatEvaluator(tasks.get("chat"), settings).evaluate([turn], [[RetrievedKey(turn.history[0], 0)]], FakeLM())
     text = tokenizer.decode(captured[0].context_ids + captured[0].target_ids)
     assert text == "Speaker 1: a\nSpeaker 2: b\nUser: hi\nBot: hello"
+
+
+def test_docstring_example():
+    import doctest
+
+    from llm_embedder.prompts import render
+
+    result = doctest.testmod(render, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
