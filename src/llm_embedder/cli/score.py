@@ -104,8 +104,8 @@ def _lm_identity(name: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm_embedder.prompts import DEFAULT_MAX_KEY_TOKENS, split_template
     from llm_embedder.reward.distributed import DistributedContext
-    from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, split_template
     from llm_embedder.reward.resumable import precheck_file, score_lock
 
     load_tasks_file(args)

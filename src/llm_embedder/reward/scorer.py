@@ -28,7 +28,7 @@ from llm_embedder.lm.likelihood import (
     model_device,
     score_requests,
 )
-from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, RecordPrompts, RewardPromptBuilder, _where
+from llm_embedder.prompts.reward import DEFAULT_MAX_KEY_TOKENS, RecordPrompts, RewardPromptBuilder, _where
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 
 Reduction = Literal["mean", "sum"]

@@ -2,23 +2,57 @@
 
 ``train(config) -> output folder`` is the entry point; the pieces (losses, group sampling, the batch sampler, the
 trainer) are usable on their own.
+
+The names below are imported on first use (PEP 562): the task table validates loss names against
+:data:`llm_embedder.training.losses.LOSSES` while the data layer is still being imported, so importing this package
+must not pull in the data-reading modules (``sampling``, ``dataset``) eagerly.
 """
 
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from __future__ import annotations
 
-from llm_embedder.training.batch_sampler import BatchMixing, HomogeneousBatchSampler, SampleRef
-from llm_embedder.training.config import DataConfig, DatasetConfig, ModelConfig, TrainConfig, TrainingConfig
-from llm_embedder.training.group_sampler import GroupSampler, NegativeRule, PositiveRule
-from llm_embedder.training.losses import (
-    ContrastiveLoss,
-    GroupLoss,
-    KLDistillationLoss,
-    MultiTaskLoss,
-    StabilizedDistillationLoss,
-    WeightedLoss,
-)
+from collections.abc import Mapping
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llm_embedder.training.batch_sampler import BatchMixing, HomogeneousBatchSampler, SampleRef
+    from llm_embedder.training.config import DataConfig, DatasetConfig, ModelConfig, TrainConfig, TrainingConfig
+    from llm_embedder.training.group_sampler import GroupSampler, NegativeRule, PositiveRule
+    from llm_embedder.training.losses import (
+        ContrastiveLoss,
+        GroupLoss,
+        KLDistillationLoss,
+        MultiTaskLoss,
+        StabilizedDistillationLoss,
+        WeightedLoss,
+    )
+
+_LAZY = {
+    "DataConfig": "config",
+    "DatasetConfig": "config",
+    "ModelConfig": "config",
+    "TrainConfig": "config",
+    "TrainingConfig": "config",
+    "ContrastiveLoss": "losses",
+    "GroupLoss": "losses",
+    "KLDistillationLoss": "losses",
+    "MultiTaskLoss": "losses",
+    "StabilizedDistillationLoss": "losses",
+    "WeightedLoss": "losses",
+    "BatchMixing": "batch_sampler",
+    "HomogeneousBatchSampler": "batch_sampler",
+    "SampleRef": "batch_sampler",
+    "GroupSampler": "group_sampler",
+    "NegativeRule": "group_sampler",
+    "PositiveRule": "group_sampler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"llm_embedder.training.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path, **kwargs: Any) -> str:

@@ -8,6 +8,7 @@ names an entry of :mod:`llm_embedder.evaluation.downstream.registry`.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,16 +16,9 @@ from typing import Any, ClassVar
 
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError
+from llm_embedder.prompts import RenderedPrompt, RetrievedKey, render_prompt
+from llm_embedder.tasks.registry import TASKS
 from llm_embedder.tasks.spec import TaskSpec
-
-
-@dataclass
-class RetrievedKey:
-    """One retrieved key: its text and where it came from (candidate index or corpus row)."""
-
-    text: str
-    #: index in the record's candidate list, or corpus row; lets memory scenarios restore chronological order
-    position: int
 
 
 @dataclass
@@ -73,10 +67,26 @@ class DownstreamEvaluator(ABC):
     def __init__(self, spec: TaskSpec, settings: DownstreamSettings | None = None) -> None:
         self.spec = spec
         self.settings = settings or DownstreamSettings()
+        self.prompt_spec = prompt_spec(spec)
 
     @property
     def top_k(self) -> int:
         return int(self.settings.top_k or self.spec.evaluation.top_k)
+
+    def render(
+        self, tokenizer: Any, record: Record, keys: Sequence[RetrievedKey], answer: str | None = None
+    ) -> RenderedPrompt:
+        """The task's prompt (its task-table template) with the top-k ``keys`` fitted to ``max_prompt_tokens``."""
+        return render_prompt(
+            self.prompt_spec,
+            record.query,
+            list(keys[: self.top_k]),
+            tokenizer=tokenizer,
+            max_tokens=self.settings.max_prompt_tokens,
+            answer=answer,
+            fields={k: v for k, v in record.extra.items() if isinstance(v, (str, int, float))},
+            where=record.source or "",
+        )
 
     def check_records(self, records: Sequence[Record]) -> None:  # noqa: B027 - optional hook
         """Raise :class:`DataError` (file:line, field) when a record lacks what this scenario needs."""
@@ -86,6 +96,19 @@ class DownstreamEvaluator(ABC):
         self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
     ) -> dict[str, float]:
         """Metrics over all records; ``retrieved[i]`` holds record i's keys, most relevant first (maybe empty)."""
+
+
+def prompt_spec(spec: TaskSpec) -> TaskSpec:
+    """The task whose prompt a scenario renders: ``spec`` itself when it has a template; otherwise ``spec`` with the
+    prompt (template, key separator, key order) of the task its scenario is named after - a user's task declared with
+    ``evaluation.downstream: qa`` and no template reads like the qa task of the same table."""
+    if spec.reward.template or spec.evaluation.downstream not in TASKS:
+        return spec
+    scenario = TASKS.get(spec.evaluation.downstream).reward
+    reward = dataclasses.replace(
+        spec.reward, template=scenario.template, key_separator=scenario.key_separator, key_order=scenario.key_order
+    )
+    return dataclasses.replace(spec, reward=reward)
 
 
 def record_error(record: Record, message: str, field: str | None = None, hint: str | None = None) -> DataError:
