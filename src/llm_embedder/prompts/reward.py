@@ -7,7 +7,8 @@ What is built comes from the task table (``TaskSpec.reward``), never from the ta
   (so ``Knowledge: {key}\\n\\nQuestion: {query}\\n\\nAnswer: {answer}`` gives the context ``... Answer:`` and the
   target ``Paris``). Key, query and answer are stripped of surrounding whitespace, as the reference does for
   qa; the built-in records carry none, so this changes nothing elsewhere. Text after ``{answer}`` in a user's
-  template is not scored (the answer is the last thing the LLM produces).
+  template is not scored (the answer is the last thing the LLM produces). The filling is
+  :func:`~llm_embedder.prompts.render.render_prompt` with one key - the rendering evaluation and serving use too.
 * ``kind: lrlm`` - token level: the candidate chunk's tokens, then the query chunk's tokens, then the answer
   (the chunk that follows) as the target. No separator: the chunks are consecutive pieces of one text.
 * ``kind: none`` - the task has hard labels only; asking for a reward is an error.
