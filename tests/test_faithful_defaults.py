@@ -213,6 +213,21 @@ def test_each_epoch_has_a_new_order_and_the_ranks_stay_in_step():
 
 
 # ------------------------------------------------------------------------------------------------ loss registry
+def test_the_task_table_knows_the_builtin_losses_without_importing_torch():
+    """Reading the task table must not import torch (instant --help), so its built-in loss names are a constant:
+    it must equal the registry's built-in keys."""
+    import subprocess
+    import sys
+
+    from llm_embedder.tasks.spec import BUILTIN_LOSSES
+
+    assert set(BUILTIN_LOSSES) <= set(LOSSES)
+    assert {name for name, cls in LOSSES.items() if cls.__module__.startswith("llm_embedder.")} == set(BUILTIN_LOSSES)
+    code = "import sys; from llm_embedder.tasks.registry import TASKS; TASKS.specs(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_a_registered_loss_is_valid_in_the_task_table_and_trains(tmp_path):
     from llm_embedder.training import train
 

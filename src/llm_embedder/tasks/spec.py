@@ -7,6 +7,7 @@ its behaviour from it instead of branching on task names.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,15 +36,21 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: the loss registry's built-in names (``llm_embedder.training.losses.LOSSES``; a test keeps the two equal). Kept here
+#: so that reading the task table never imports torch (``llm-embedder --help`` stays instant).
+BUILTIN_LOSSES: tuple[str, ...] = ("contrastive", "kl_distillation", "stabilized_distillation")
+
+
 def known_losses() -> tuple[str, ...]:
     """The loss names a task may use: the keys of the loss registry, built-in and user-registered.
 
-    Imported here, not at module level: the registry's classes need torch, the task table does not (and the
-    package imports torch with the embedder anyway).
+    A user loss is registered through ``llm_embedder.training.losses.register_loss``, which imports that module; until
+    it is imported nothing can have been registered, so the built-in names are the whole answer and torch stays out.
     """
-    from llm_embedder.training.losses import LOSSES
-
-    return tuple(LOSSES)
+    registry = sys.modules.get("llm_embedder.training.losses")
+    if registry is None:
+        return BUILTIN_LOSSES
+    return tuple(registry.LOSSES)
 
 
 @dataclass
