@@ -89,7 +89,11 @@ def test_train_writes_a_loadable_model_with_instructions_and_card(workspace, tmp
     assert any(not torch.equal(before[name], after[name]) for name in before)
 
     embedder = LLMEmbedder(out, device="cpu")
-    assert embedder.use_instructions and embedder.query_max_length == 48
+    # trained with 48-token budgets, it encodes with what the base can read (inference_max_length: model)
+    base = LLMEmbedder(workspace[1], device="cpu")
+    assert base.query_max_length != 48
+    assert embedder.use_instructions and embedder.query_max_length == base.query_max_length
+    assert embedder.key_max_length == base.key_max_length
     vectors = embedder.encode_queries(["alpha beta"], task="qa")
     assert vectors.shape == (1, 32)
     st = SentenceTransformer(str(out), device="cpu")
@@ -320,3 +324,17 @@ def test_kill_and_resume_matches_an_uninterrupted_run(workspace, tmp_path):
     assert expected.keys() == resumed.keys()
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_the_training_truncation_can_stay_the_inference_length(workspace, tmp_path):
+    """``inference_max_length: training`` keeps the reference's coupling: the saved model encodes with the training
+    budgets; anything else is refused in one line."""
+    from llm_embedder import LLMEmbedder
+    from llm_embedder.training import train
+
+    out = tmp_path / "coupled"
+    train(recipe(workspace, out, steps=1, save_steps=1, inference_max_length="training", key_max_length=40))
+    embedder = LLMEmbedder(out, device="cpu")
+    assert (embedder.query_max_length, embedder.key_max_length) == (48, 40)
+    with pytest.raises(UserError, match="inference_max_length must be 'model' or 'training'"):
+        train(recipe(workspace, tmp_path / "bad", inference_max_length="long"))

@@ -49,6 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("--gradient-checkpointing", action="store_true", default=None, help="recompute activations (less memory)")
     add("--query-max-length", type=int, help="query token budget (default 256)")
     add("--key-max-length", type=int, help="key token budget (default 256)")
+    add(
+        "--inference-max-length",
+        choices=["model", "training"],
+        help="budgets the saved model encodes with: model = what the base encoder reads (default), training = above",
+    )
     add("--temperature", type=float, help="student temperature tau (default 0.01)")
     add(
         "--no-instructions",
@@ -127,6 +132,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "gradient_checkpointing",
         "query_max_length",
         "key_max_length",
+        "inference_max_length",
         "temperature",
         "use_instructions",
         "mixed_batches",

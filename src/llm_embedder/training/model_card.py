@@ -106,7 +106,9 @@ task table (convsearch: the conversation ends with the question) keep the END of
 - optimiser: AdamW, lr {cfg["lr"]:g}, weight decay {cfg["weight_decay"]:g}, linear schedule with warm-up {cfg["warmup"]:g},
   max grad norm {cfg["max_grad_norm"]:g}, seed {cfg["seed"]}
 - precision: {cfg["dtype"]}; gradient cache chunk: {cfg["grad_cache_chunk"] or "off"};
-  max length query {cfg["query_max_length"]} / key {cfg["key_max_length"]} tokens; student temperature {cfg["temperature"]:g}
+  max length query {cfg["query_max_length"]} / key {cfg["key_max_length"]} tokens in training (the saved model encodes with
+  {"the same budgets" if cfg.get("inference_max_length") == "training" else "the base encoder's own max length"});
+  student temperature {cfg["temperature"]:g}
 - {"; ".join(switches)}
 
 ## Results of the run

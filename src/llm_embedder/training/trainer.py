@@ -368,6 +368,8 @@ def train(
         pooling=config.model.pooling,
         tasks=registry,
     )
+    #: what the base encoder can read (its sentence-transformers max_seq_length, before training budgets apply)
+    base_max_length = min(int(embedder.model.max_seq_length or 512), embedder.position_limit or 10**9)
     task_losses: dict[str, GroupLoss] = {}
     for ts in sets:
         if ts.task not in task_losses:
@@ -427,6 +429,8 @@ def train(
     if trainer.is_world_process_zero():
         summary = _summary(config, sets, sampler, task_losses, trainer, runtime, world_size, embedder)
         embedder.model.eval()
+        if config.model.inference_max_length == "model":
+            embedder.query_max_length = embedder.key_max_length = base_max_length
         staging = staging_folder(out)
         embedder.save(staging, model_card=render_model_card(summary))
         write_json(staging / CONFIG_FILE, config.to_json())
