@@ -80,6 +80,9 @@ class FeedbackLog:
         with self._lock:
             return augment_id in self._augments
 
+    def has(self, collection: str) -> bool:
+        return (self.folder / f"{collection}{AUGMENTS_SUFFIX}").is_file()
+
     def record_augment(self, augment_id: str, entries: dict[str, dict[str, Any]]) -> None:
         """Log one augment: ``entries`` maps a collection name to its ``{query, task, candidates, ...}``."""
         with self._lock:

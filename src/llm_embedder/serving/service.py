@@ -614,10 +614,10 @@ class RetrievalService:
 
     def export_feedback(self, name: Any) -> list[dict[str, Any]]:
         """The collection's answered augments as training records (``llm-embedder score`` then ``train``)."""
-        if name in RESERVED:
-            check_name(name, "collection")
-        else:
-            self._collection(name)
+        check_name(name, "collection")
+        known = name in RESERVED or any(info.name == name for info in self.store.list_collections())
+        if not known and not self.feedback_log.has(name):  # a dropped collection's log stays exportable
+            raise NotFound(f"unknown collection {name!r}", hint="no such collection and no feedback logged for it")
         return list(self.feedback_log.records(name))
 
     # ------------------------------------------------------------------ embeddings
