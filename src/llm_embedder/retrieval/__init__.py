@@ -21,7 +21,7 @@ _LAZY = {
     "BM25Retriever": "bm25",
     "rank_candidates_bm25": "bm25",
     "HybridRetriever": "hybrid",
-    "reciprocal_rank_fusion": "hybrid",
+    "reciprocal_rank_fusion": "fusion",
 }
 
 __all__ = ["Retriever", "SearchResult", *_LAZY]
