@@ -33,12 +33,8 @@ def prompt_tokenizer() -> Any:
 
 
 def open_test_store(folder: Path) -> Any:
-    try:
-        from llm_embedder.retrieval.store import open_store
-    except ImportError:  # until the embedded store is merged
-        from fake_store import FakeStore
+    from llm_embedder.retrieval.store import open_store
 
-        return FakeStore()
     return open_store(str(folder))
 
 

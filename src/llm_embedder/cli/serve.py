@@ -125,10 +125,10 @@ def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llm_embedder.serving.feedback import FeedbackLog
-    from llm_embedder.serving.service import check_name
+    from llm_embedder.serving.service import check_collection_name
     from llm_embedder.utils.files import atomic_write
 
-    check_name(args.collection, "collection")
+    check_collection_name(args.collection)
     folder = Path(args.data_dir) / "feedback"
     if not folder.is_dir():
         raise UserError(f"{folder}: no feedback log here", hint="pass the --data-dir the server was started with")

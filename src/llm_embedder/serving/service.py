@@ -46,7 +46,9 @@ from llm_embedder.serving.metrics import ServiceMetrics
 from llm_embedder.serving.prompting import Section, build_prompt
 from llm_embedder.utils.templates import render_template
 
-#: names of collections, conversations and long documents: they become store names and scopes, never paths
+#: collection names: identifiers (a store collection name on every backend, Milvus included), never paths
+COLLECTION_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+#: conversation and long-document ids: they become store scopes and URL path segments, never file paths
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 #: the store collections behind conversation and long-document memory (not user collections)
 MEMORY_COLLECTION = "conversation_memory"
@@ -72,8 +74,17 @@ class Limits:
     feedback_candidates: int = 20  # candidates logged per source for the feedback loop (>= the prompt's)
 
 
+def check_collection_name(value: Any, what: str = "collection") -> str:
+    """A collection name: an identifier, as every store backend (Milvus included) accepts."""
+    if not isinstance(value, str) or not COLLECTION_PATTERN.fullmatch(value):
+        raise UserError(
+            f"{what} {value!r} is not a valid name", hint="use 1-64 letters, digits or '_', starting with a letter"
+        )
+    return value
+
+
 def check_name(value: Any, what: str) -> str:
-    """A collection / conversation / document name: letters, digits, '_' or '-' (no path characters)."""
+    """A conversation or document id: letters, digits, '_' or '-' (no path characters)."""
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise UserError(
             f"{what} {value!r} is not a valid name",
@@ -200,7 +211,7 @@ class RetrievalService:
         return self.store.create_collection(self._info(name, task), exist_ok=True)
 
     def _collection(self, name: Any, *, allow_reserved: bool = False) -> Collection:
-        check_name(name, "collection")
+        check_collection_name(name)
         if name in RESERVED and not allow_reserved:
             raise UserError(f"collection {name!r} is reserved for memory", hint="use the conversation routes")
         known = {info.name for info in self.store.list_collections()}
@@ -249,7 +260,7 @@ class RetrievalService:
     # ------------------------------------------------------------------ collections
     def create_collection(self, name: Any, task: Any) -> dict[str, Any]:
         """A collection bound to ``task`` (refused if it exists with another task; the same task is a no-op)."""
-        check_name(name, "collection")
+        check_collection_name(name)
         if name in RESERVED:
             raise UserError(f"collection name {name!r} is reserved for memory", hint="choose another name")
         spec = self._task(task)
@@ -614,7 +625,7 @@ class RetrievalService:
 
     def export_feedback(self, name: Any) -> list[dict[str, Any]]:
         """The collection's answered augments as training records (``llm-embedder score`` then ``train``)."""
-        check_name(name, "collection")
+        check_collection_name(name)
         known = name in RESERVED or any(info.name == name for info in self.store.list_collections())
         if not known and not self.feedback_log.has(name):  # a dropped collection's log stays exportable
             raise NotFound(f"unknown collection {name!r}", hint="no such collection and no feedback logged for it")

@@ -245,7 +245,7 @@ class _DenseCache:
             self.ids = [self.ids[i] for i in keep]
             self.metadata = [self.metadata[i] for i in keep]
             self.alive = [True] * len(keep)
-            self._buffer = np.ascontiguousarray(self.vectors[keep])
+            self._buffer = np.ascontiguousarray(self._buffer[keep])
             self.where = {(s, d): i for i, (s, d) in enumerate(zip(self.scopes, self.ids, strict=True))}
             self.by_scope = {}
             for i, s in enumerate(self.scopes):
