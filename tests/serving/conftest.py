@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,43 +62,14 @@ def service(make_service: Any) -> RetrievalService:
     return make_service()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ThreadServer:
-    """uvicorn serving an app in a thread of the test process, on a free loopback port."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def serve_app() -> Any:
     """``serve_app(service, api_key=None)``: a started :class:`ThreadServer` context."""
+    from serve_helpers import ThreadServer
+
     from llm_embedder.serving.app import create_app
 
-    def start(service: RetrievalService, api_key: str | None = None) -> ThreadServer:
+    def start(service: RetrievalService, api_key: str | None = None) -> Any:
         return ThreadServer(create_app(service, api_key=api_key))
 
     return start
