@@ -170,7 +170,12 @@ def info_to_json(info: CollectionInfo) -> str:
 
 
 def info_from_json(text: str) -> CollectionInfo:
-    return CollectionInfo(**json.loads(text))
+    try:
+        raw = json.loads(text)
+        known = set(CollectionInfo.__dataclass_fields__)
+        return CollectionInfo(**{k: v for k, v in raw.items() if k in known})
+    except (json.JSONDecodeError, TypeError, AttributeError):
+        raise UserError(f"unreadable collection record {text[:80]!r}", hint="the store was not written by us") from None
 
 
 def same_settings(a: CollectionInfo, b: CollectionInfo) -> bool:
@@ -240,12 +245,12 @@ class _DenseCache:
         faiss = _faiss()
         if self.dead:
             keep = [i for i, a in enumerate(self.alive) if a]
+            self._buffer = np.ascontiguousarray(self.vectors[keep])
             self.seqs = [self.seqs[i] for i in keep]
             self.scopes = [self.scopes[i] for i in keep]
             self.ids = [self.ids[i] for i in keep]
             self.metadata = [self.metadata[i] for i in keep]
             self.alive = [True] * len(keep)
-            self._buffer = np.ascontiguousarray(self._buffer[keep])
             self.where = {(s, d): i for i, (s, d) in enumerate(zip(self.scopes, self.ids, strict=True))}
             self.by_scope = {}
             for i, s in enumerate(self.scopes):

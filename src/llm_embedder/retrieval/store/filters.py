@@ -15,6 +15,7 @@ Semantics (see :mod:`llm_embedder.retrieval.store.base` for the language):
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -161,24 +162,33 @@ def typed_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {"v": values, "k": sorted(f"{k}:{_kind(v)}" for k, v in values.items())}
 
 
-def to_milvus(conditions: tuple[Condition, ...], params: dict[str, Any]) -> str:
-    """A Milvus boolean expression for ``conditions``; literal values go into ``params`` (expression templates)."""
+def milvus_literal(value: Any) -> str:
+    """A Milvus expression literal (milvus-lite has no expression templates, so values are rendered safely here:
+    strings as JSON strings - double quotes, backslash escapes - numbers in full precision, booleans lower case)."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(milvus_literal(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def to_milvus(conditions: tuple[Condition, ...]) -> str:
+    """A Milvus boolean expression for ``conditions`` over the :data:`TYPED_FIELD` copy of the metadata."""
+    lit = milvus_literal
     parts: list[str] = []
 
-    def bind(value: Any) -> str:
-        name = f"p{len(params)}"
-        params[name] = value
-        return "{" + name + "}"
-
     def has(field: str, kind: str) -> str:
-        return f'json_contains({TYPED_FIELD}["k"], {bind(f"{field}:{kind}")})'
+        return f'json_contains({TYPED_FIELD}["k"], {lit(f"{field}:{kind}")})'
 
     def present(field: str) -> str:
-        kinds = [f"{field}:{k}" for k in ("s", "n", "b")]
-        return f'json_contains_any({TYPED_FIELD}["k"], {bind(kinds)})'
+        return f'json_contains_any({TYPED_FIELD}["k"], {lit([f"{field}:{k}" for k in ("s", "n", "b")])})'
 
     def eq(field: str, value: Any) -> str:
-        return f'({has(field, _kind(value) or "")} and {TYPED_FIELD}["v"]["{field}"] == {bind(value)})'
+        return f'({has(field, _kind(value) or "")} and {TYPED_FIELD}["v"]["{field}"] == {lit(value)})'
 
     for c in conditions:
         if c.op == "$eq":
@@ -189,5 +199,5 @@ def to_milvus(conditions: tuple[Condition, ...], params: dict[str, Any]) -> str:
             anyof = "(" + " or ".join(eq(c.field, v) for v in c.value) + ")"
             parts.append(anyof if c.op == "$in" else f"({present(c.field)} and not {anyof})")
         else:
-            parts.append(f'({has(c.field, "n")} and {TYPED_FIELD}["v"]["{c.field}"] {ORDER[c.op]} {bind(c.value)})')
+            parts.append(f'({has(c.field, "n")} and {TYPED_FIELD}["v"]["{c.field}"] {ORDER[c.op]} {lit(c.value)})')
     return " and ".join(parts)
