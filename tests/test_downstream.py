@@ -17,10 +17,9 @@ from llm_embedder.data.records import Record, load_records
 from llm_embedder.errors import UserError
 from llm_embedder.evaluation.downstream.base import DownstreamSettings, LanguageModel, RetrievedKey
 from llm_embedder.evaluation.downstream.chat import ChatEvaluator
-from llm_embedder.evaluation.downstream.icl import ICLEvaluator, build_icl_prompt
+from llm_embedder.evaluation.downstream.icl import ICLEvaluator
 from llm_embedder.evaluation.downstream.lrlm import LRLMEvaluator
 from llm_embedder.evaluation.downstream.perplexity import token_weighted_perplexity
-from llm_embedder.evaluation.downstream.prompting import SLACK_TOKENS, select_keys, token_lengths
 from llm_embedder.evaluation.downstream.qa import contains_answer, exact_match, normalize_answer
 from llm_embedder.evaluation.downstream.registry import DOWNSTREAM, get_downstream
 from llm_embedder.evaluation.retrieve import retrieve
@@ -33,6 +32,8 @@ from llm_embedder.evaluation.retrievers import (
     parse_retriever_spec,
 )
 from llm_embedder.evaluation.runner import evaluate, retrieval_depth, select_records
+from llm_embedder.prompts import TokenBudget, fit_keys, render_prompt
+from llm_embedder.prompts.render import SLACK_TOKENS
 from llm_embedder.tasks.registry import TASKS
 
 
@@ -68,17 +69,28 @@ def test_squad_normalisation_and_matching():
     assert not contains_answer("anything", ["  ", "!"])  # empty answers never match
 
 
-def test_select_keys_drops_least_relevant_first_and_truncates_only_when_allowed(tiny_lm):
-    tok = tiny_lm.tokenizer
+def token_lengths(tokenizer, texts):
+    return TokenBudget(tokenizer).lengths(texts)
+
+
+def test_fit_keys_drops_least_relevant_first_and_truncates_only_when_allowed(tiny_lm):
+    budget = TokenBudget(tiny_lm.tokenizer)
     keys = ["alpha beta gamma " * 5, "delta epsilon " * 40, "zeta"]
-    lengths = token_lengths(tok, keys)
-    budget = 10 + SLACK_TOKENS + lengths[0] + 1 + 20  # room for key 0 and 20 more tokens
-    whole = select_keys(tok, keys, budget=budget, fixed_tokens=10, truncate_overflow=False)
+    lengths = budget.lengths(keys)
+    room = lengths[0] + 1 + 20  # key 0, a separator and 20 more tokens
+    whole = fit_keys(budget, keys, room=room, separator_tokens=1, truncate=None)
     assert [i for i, _ in whole] == [0]  # key 1 does not fit, so key 2 (less relevant) is dropped too
-    cut = select_keys(tok, keys, budget=budget, fixed_tokens=10, truncate_overflow=True, min_truncated_tokens=8)
+    cut = fit_keys(budget, keys, room=room, separator_tokens=1, truncate="start", min_truncated_tokens=8)
     assert [i for i, _ in cut] == [0, 1]
-    assert token_lengths(tok, [cut[1][1]])[0] <= 20
+    assert budget.length(cut[1][1]) == 20
     assert cut[1][1].startswith("delta")
+    end = fit_keys(budget, keys, room=room, separator_tokens=1, truncate="end", min_truncated_tokens=8)
+    assert end[1][1].endswith("epsilon ") and budget.length(end[1][1]) == 20
+
+
+def icl_prompt(tok, demos, query, budget):
+    prompt = render_prompt(TASKS.get("icl"), query, demos, tokenizer=tok, max_tokens=budget)
+    return prompt.context, list(prompt.kept)
 
 
 def test_icl_overflow_keeps_most_relevant_demos_nearest_the_query(tiny_lm):
@@ -86,21 +98,18 @@ def test_icl_overflow_keeps_most_relevant_demos_nearest_the_query(tiny_lm):
     demos = [f"Review: demo number {i} " + "word " * (5 + 3 * i) + f"\nLabel{i}" for i in range(5)]
     query = "Review: the query text\nIs it Positive or Negative?"
     lengths = token_lengths(tok, [d.strip() for d in demos])
-    sep = token_lengths(tok, ["\n\n"])[0]
-    fixed = token_lengths(tok, [query + "\n"])[0]
+    sep = token_lengths(tok, ["\n"])[0]
+    fixed = token_lengths(tok, ["\n" + query + "\n"])[0]
     # room for exactly the two most relevant demos
-    budget = fixed + SLACK_TOKENS + lengths[0] + lengths[1] + 2 * sep + 2
-    prompt, kept = build_icl_prompt(tok, demos, query, budget=budget)
-    assert sorted(kept) == [0, 1]
+    budget = fixed + SLACK_TOKENS + lengths[0] + lengths[1] + sep + 2
+    prompt, kept = icl_prompt(tok, demos, query, budget)
     assert kept == [1, 0]  # prompt order: the most relevant demo sits right before the query
-    assert prompt.index("Label1") < prompt.index("Label0") < prompt.index("the query text")
-    assert prompt.endswith(query + "\n")
-    assert "Label2" not in prompt and "Label4" not in prompt
+    assert prompt == demos[1] + "\n" + demos[0] + "\n" + query + "\n"  # the reference's "\n" separator
     # a roomy budget keeps everything, least relevant first
-    prompt, kept = build_icl_prompt(tok, demos, query, budget=4096)
+    prompt, kept = icl_prompt(tok, demos, query, 4096)
     assert kept == [4, 3, 2, 1, 0]
     # too small for any demo: just the query, the label is never cut
-    prompt, kept = build_icl_prompt(tok, demos, query, budget=fixed + 1)
+    prompt, kept = icl_prompt(tok, demos, query, fixed + 1)
     assert kept == [] and prompt == query + "\n"
 
 
@@ -234,10 +243,10 @@ def test_lrlm_prompt_keeps_document_order_and_the_query_chunk(tiny_lm):
     )
     # relevance: third, first, second; the budget holds the two short ones, the long one is cut or dropped
     keys = [RetrievedKey(record.neg[2], 2), RetrievedKey(record.neg[0], 0), RetrievedKey(record.neg[1], 1)]
-    context = evaluator.build_context(tiny_lm.tokenizer, record, keys[:2])
+    context = evaluator.render(tiny_lm.tokenizer, record, keys[:2]).context
     assert context.index("first") < context.index("third") < context.index("QUERY")
-    assert context.endswith("QUERY chunk text")
-    long_context = evaluator.build_context(tiny_lm.tokenizer, record, keys)
+    assert context.endswith("QUERY chunk text ")
+    long_context = evaluator.render(tiny_lm.tokenizer, record, keys).context
     assert token_lengths(tiny_lm.tokenizer, [long_context])[0] <= 60
 
 

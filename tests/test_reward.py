@@ -17,9 +17,9 @@ import torch
 from llm_embedder.cli.main import main
 from llm_embedder.data.records import Record, load_records
 from llm_embedder.errors import UserError
+from llm_embedder.prompts import RewardPromptBuilder, split_template
 from llm_embedder.reward import RewardScorer, score_file
 from llm_embedder.reward.distributed import DistributedContext
-from llm_embedder.reward.prompts import RewardPromptBuilder, split_template
 from llm_embedder.tasks.registry import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,7 +70,20 @@ def test_builtin_reward_loss_and_sampling_follow_the_method():
         "tool": "contrastive",
     }
     assert tasks.get("chat").training.teacher_temperature == tasks.get("lrlm").training.teacher_temperature == 0.1
-    assert tasks.get("qa").training.contrastive_weight == 0.2
+    # the reference's per-task configuration (its 0.2 is only a command-line fallback): docs/results.md
+    assert tasks.get("qa").training.contrastive_weight == tasks.get("icl").training.contrastive_weight == 0.0
+    assert tasks.get("qa").training.positive_rank == tasks.get("icl").training.positive_rank == "reference"
+    assert tasks.get("lrlm").training.max_sample_num == 10000 and tasks.get("qa").training.max_sample_num is None
+    assert tasks.get("icl").evaluation.option_score == "mean"
+    orders = {name: (tasks.get(name).reward.key_order, tasks.get(name).reward.key_separator) for name in tasks}
+    assert orders == {
+        "qa": ("relevance", "\n"),
+        "convsearch": ("relevance", "\n"),
+        "chat": ("chronological", "\n"),
+        "lrlm": ("chronological", "\n"),
+        "icl": ("nearest_last", "\n"),
+        "tool": ("relevance", "\n"),
+    }
     assert tasks.get("lrlm").training.min_score_margin == 0.1
     assert tasks.get("tool").reward.kind == "none" and not tasks.get("tool").training.needs_teacher_scores
     assert tasks.get("qa").training.needs_teacher_scores and tasks.get("chat").training.positive == "teacher"
@@ -106,6 +119,18 @@ def test_unknown_task_lists_the_known_ones():
         ({"query_instruction": "q: "}, "needs a string 'key_instruction'"),
         ({"query_instruction": "q: ", "key_instruction": "k: ", "colour": 1}, r"unknown field\(s\) colour"),
         ({"query_instruction": "q: ", "key_instruction": "k: ", "training": {"loss": "hinge"}}, "training.loss"),
+        (
+            {"query_instruction": "q: ", "key_instruction": "k: ", "training": {"positive_rank": "gold"}},
+            "'training.positive_rank' is 'gold'",
+        ),
+        (
+            {"query_instruction": "q: ", "key_instruction": "k: ", "training": {"max_sample_num": 0}},
+            "'training.max_sample_num' is 0",
+        ),
+        (
+            {"query_instruction": "q: ", "key_instruction": "k: ", "evaluation": {"option_score": "max"}},
+            "choose one of mean, sum",
+        ),
         ({"query_instruction": "q: ", "key_instruction": "k: ", "reward": {"kind": "template"}}, "no reward.template"),
         ({"query_instruction": "q: ", "key_instruction": "k: ", "candidates": "all"}, "choose one of pos_neg"),
         ("not a mapping", "must be a mapping"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -142,9 +143,16 @@ def test_ablation_switches(workspace, tmp_path):
 
 def test_loss_resolution_from_the_task_table():
     qa, chat, tool = (TASKS.get(name).training for name in ("qa", "chat", "tool"))
-    assert "0.2 * InfoNCE" in describe_loss(build_task_loss(resolve_training_spec(qa, task="qa")))
+    assert describe_loss(build_task_loss(resolve_training_spec(qa, task="qa"))) == (
+        "stabilized distillation (alpha=1, positive rank: reference, tau=0.01)"
+    )
     kl = resolve_training_spec(qa, task="qa", distillation="kl")
-    assert describe_loss(build_task_loss(kl)).startswith("0.2 * InfoNCE") and kl.loss == "kl_distillation"
+    assert describe_loss(build_task_loss(kl)).startswith("KL distillation") and kl.loss == "kl_distillation"
+    mixed = dataclasses.replace(qa, contrastive_weight=0.2, positive_rank="reward")  # the earlier default, by value
+    assert describe_loss(build_task_loss(mixed)) == (
+        "0.2 * InfoNCE over all in-batch keys (tau=0.01) + 1 * stabilized distillation (alpha=1, positive rank: "
+        "reward, tau=0.01)"
+    )
     hard = resolve_training_spec(chat, task="chat", hard_labels=True)
     assert hard.loss == "contrastive" and hard.positive == "first" and not hard.needs_teacher_scores
     switched = resolve_training_spec(tool, task="tool", loss_overrides={"tool": "stabilized"})

@@ -18,8 +18,8 @@ from pathlib import Path
 from llm_embedder.cli.common import add_tasks_file_argument, load_tasks_file
 from llm_embedder.errors import UserError
 from llm_embedder.lm.loading import BUNDLED_LMS, DEFAULT_LM, load_causal_lm, resolve_lm
+from llm_embedder.prompts import DEFAULT_MAX_KEY_TOKENS, split_template
 from llm_embedder.reward.distributed import DistributedContext
-from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, split_template
 from llm_embedder.reward.resumable import precheck_file, score_file
 from llm_embedder.reward.scorer import RewardScorer
 from llm_embedder.tasks.registry import TASKS

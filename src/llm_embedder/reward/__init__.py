@@ -1,11 +1,12 @@
 """Reward from LLM feedback: teacher scores of candidates (method.md section 3).
 
-``prompts``: record -> (context, answer) token pairs per the task table; ``scorer``: ``RewardScorer`` (mean or
+The prompts (record -> (context, answer) token pairs per the task table) come from the prompt layer,
+:mod:`llm_embedder.prompts`; ``scorer``: ``RewardScorer`` (mean or
 sum log-probability of the answer); ``resumable``: scoring a file that survives ``kill -9``; ``distributed``:
 several processes / GPUs under torchrun.
 """
 
-from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, RecordPrompts, RewardPromptBuilder, check_record
+from llm_embedder.prompts import DEFAULT_MAX_KEY_TOKENS, RecordPrompts, RewardPromptBuilder, check_record
 from llm_embedder.reward.resumable import ScoreFileResult, score_file
 from llm_embedder.reward.scorer import RewardScorer
 

@@ -28,8 +28,8 @@ from typing import Any
 from llm_embedder.data.jsonl import iter_jsonl
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError, UserError
+from llm_embedder.prompts import RecordPrompts, check_record
 from llm_embedder.reward.distributed import DistributedContext
-from llm_embedder.reward.prompts import RecordPrompts, check_record
 from llm_embedder.reward.scorer import RewardScorer
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 from llm_embedder.utils.files import atomic_write, write_json

@@ -20,7 +20,7 @@ import numpy as np
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError, UserError
 from llm_embedder.lm.likelihood import score_requests
-from llm_embedder.reward.prompts import DEFAULT_MAX_KEY_TOKENS, RecordPrompts, RewardPromptBuilder, _where
+from llm_embedder.prompts.reward import DEFAULT_MAX_KEY_TOKENS, RecordPrompts, RewardPromptBuilder, _where
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 
 Reduction = Literal["mean", "sum"]

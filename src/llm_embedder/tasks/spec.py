@@ -15,35 +15,63 @@ from llm_embedder.utils.dataclass_build import build_dataclass as _build
 
 CandidateSource = Literal["pos_neg", "history"]
 RewardKind = Literal["template", "lrlm", "none"]
-LossName = Literal["stabilized_distillation", "kl_distillation", "contrastive"]
+KeyOrder = Literal["relevance", "nearest_last", "chronological"]
 PositiveSampling = Literal["first", "random", "teacher"]
 NegativeSampling = Literal["random", "first", "teacher"]
+PositiveRank = Literal["reference", "reward"]
+OptionScore = Literal["mean", "sum"]
 TruncationSide = Literal["right", "left"]
 
+# training.loss is not listed: the loss registry (llm_embedder.training.losses.LOSSES) is the source of its names
 _CHOICES: dict[str, tuple[str, ...]] = {
     "candidates": ("pos_neg", "history"),
     "reward.kind": ("template", "lrlm", "none"),
-    "training.loss": ("stabilized_distillation", "kl_distillation", "contrastive"),
+    "reward.key_order": ("relevance", "nearest_last", "chronological"),
     "training.positive": ("first", "random", "teacher"),
     "training.negatives": ("random", "first", "teacher"),
+    "training.positive_rank": ("reference", "reward"),
+    "evaluation.option_score": ("mean", "sum"),
     "query_truncation": ("right", "left"),
 }
 
 
+def known_losses() -> tuple[str, ...]:
+    """The loss names a task may use: the keys of the loss registry, built-in and user-registered.
+
+    Imported here, not at module level: the registry's classes need torch, the task table does not (and the
+    package imports torch with the embedder anyway).
+    """
+    from llm_embedder.training.losses import LOSSES
+
+    return tuple(LOSSES)
+
+
 @dataclass
 class RewardSpec:
-    """How the LLM reward of a candidate is computed for this task."""
+    """The task's prompt: how the LLM reward of a candidate is computed, and how retrieved keys are shown to an LLM.
+
+    The template is rendered by the prompt layer (:func:`llm_embedder.prompts.render_prompt`) for reward scoring,
+    downstream evaluation and serving alike, so changing it here (or in a ``--tasks`` file) changes all three.
+    """
 
     kind: RewardKind = "none"
+    #: ``{key}``, ``{query}``, ``{answer}`` (and any record field); for ``kind: lrlm`` only evaluation and serving
+    #: read it (the reward joins the chunks token by token)
     template: str | None = None
     needs_answers: bool = False
+    #: joins several keys in the ``{key}`` slot (evaluation, serving)
+    key_separator: str = "\n"
+    #: how several kept keys read: ``relevance`` (most relevant first), ``nearest_last`` (most relevant right
+    #: before the query), ``chronological`` (by position in the conversation / document)
+    key_order: KeyOrder = "relevance"
 
 
 @dataclass
 class TrainingSpec:
     """Loss and group-sampling defaults of a task (the reference's choices)."""
 
-    loss: LossName = "contrastive"
+    #: a name of the loss registry (``llm_embedder.training.losses.LOSSES``; ``register_loss`` adds one)
+    loss: str = "contrastive"
     contrastive_weight: float = 1.0
     distill_weight: float = 0.0
     teacher_temperature: float = 1.0
@@ -51,6 +79,12 @@ class TrainingSpec:
     positive: PositiveSampling = "first"
     negatives: NegativeSampling = "random"
     min_score_margin: float = 0.0
+    #: stabilized distillation's ranking: ``reference`` keeps the sampled positive at rank 1 and ranks only the
+    #: negatives by reward (the authors' code); ``reward`` ranks the positive by its reward too
+    positive_rank: PositiveRank = "reference"
+    #: keep at most this many records of a training file - its LAST ones, after the margin filter (the reference:
+    #: 10,000 for lrlm); ``None`` keeps all
+    max_sample_num: int | None = None
 
     @property
     def needs_teacher_scores(self) -> bool:
@@ -66,6 +100,10 @@ class EvaluationSpec:
     main_metric: str = "ndcg@10"
     downstream: str = "retrieval"
     top_k: int = 3
+    #: scenarios that pick among label options (icl): ``mean`` - the option with the highest MEAN log-probability
+    #: per token, i.e. the lowest mean NLL (the reference); ``sum`` - the highest summed log-probability (favours
+    #: short options)
+    option_score: OptionScore = "mean"
 
 
 @dataclass
@@ -122,9 +160,11 @@ class TaskSpec:
         values = {
             "candidates": self.candidates,
             "reward.kind": self.reward.kind,
-            "training.loss": self.training.loss,
+            "reward.key_order": self.reward.key_order,
             "training.positive": self.training.positive,
             "training.negatives": self.training.negatives,
+            "training.positive_rank": self.training.positive_rank,
+            "evaluation.option_score": self.evaluation.option_score,
             "query_truncation": self.query_truncation,
         }
         for key, value in values.items():
@@ -133,5 +173,19 @@ class TaskSpec:
                     f"{source}: task '{self.name}' field '{key}' is {value!r}",
                     hint=f"choose one of {', '.join(_CHOICES[key])}",
                 )
+        losses = known_losses()
+        if self.training.loss not in losses:
+            raise UserError(
+                f"{source}: task '{self.name}' field 'training.loss' is {self.training.loss!r}",
+                hint=f"choose one of {', '.join(losses)}, or register your loss first (register_loss)",
+            )
+        max_samples = self.training.max_sample_num
+        if max_samples is not None and (
+            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
+        ):
+            raise UserError(
+                f"{source}: task '{self.name}' field 'training.max_sample_num' is {max_samples!r}",
+                hint="give a positive whole number, or null to keep every record",
+            )
         if self.reward.kind == "template" and not self.reward.template:
             raise UserError(f"{source}: task '{self.name}' has reward kind 'template' but no reward.template")

@@ -3,7 +3,9 @@
 :func:`load_training_sets` reads each ``--data`` file, decides its task, applies the task's (resolved) training
 settings and rejects bad input with ONE line naming file:line and field - unscored records where the loss needs
 teacher scores, records no group can be built from - before any model is loaded. The lrlm-style margin filter drops
-records here too (counted, reported in the log and the model card).
+records here too (counted, reported in the log and the model card), and then ``training.max_sample_num`` keeps only
+a file's LAST n records, as the reference (``train_test_split(n, shuffle=False)["test"]`` after its filter: 10,000
+for lrlm, whose files are written document by document, so the cap keeps whole later documents).
 
 :class:`GroupDataset` is the ``Dataset`` the DataLoader reads: an item is a :class:`~.sampler.SampleRef`, whose seed
 drives the group sampling, so data-loader workers can build groups in parallel and the result does not depend on
@@ -42,6 +44,8 @@ class TrainingSet:
     weight: float = 1.0
     #: records dropped by the teacher-score margin filter
     dropped: int = 0
+    #: records left out by ``training.max_sample_num`` (the first ones of the file)
+    capped: int = 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -114,6 +118,10 @@ def load_training_set(dataset: DatasetConfig, config: TrainConfig, registry: Tas
         raise DataError(path, lineno, message + more, field=field_name, hint=hint)
 
     kept = [c for c in items if sampler.keeps(c)]
+    capped = 0
+    if spec.max_sample_num is not None and len(kept) > spec.max_sample_num:
+        capped = len(kept) - spec.max_sample_num
+        kept = kept[capped:]
     return TrainingSet(
         name=dataset.name,
         task=task,
@@ -122,7 +130,8 @@ def load_training_set(dataset: DatasetConfig, config: TrainConfig, registry: Tas
         sampler=sampler,
         items=kept,
         weight=config.dataset_weights()[dataset.name],
-        dropped=len(items) - len(kept),
+        dropped=len(items) - len(kept) - capped,
+        capped=capped,
     )
 
 

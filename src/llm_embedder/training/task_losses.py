@@ -96,7 +96,9 @@ def build_task_loss(spec: TrainingSpec, *, temperature: float = 0.01, override: 
     if spec.loss == "kl_distillation":
         distill = KLDistillationLoss(teacher_temperature=spec.teacher_temperature, temperature=temperature)
     elif spec.loss == "stabilized_distillation":
-        distill = StabilizedDistillationLoss(alpha=spec.stabilized_alpha, temperature=temperature)
+        distill = StabilizedDistillationLoss(
+            alpha=spec.stabilized_alpha, positive_rank=spec.positive_rank, temperature=temperature
+        )
     else:
         distill = LOSSES[spec.loss](temperature=temperature)
     distill_weight = spec.distill_weight if spec.distill_weight > 0 else 1.0
@@ -127,7 +129,10 @@ def describe_loss(loss: GroupLoss) -> str:
     if isinstance(loss, KLDistillationLoss):
         return f"KL distillation (teacher T={loss.teacher_temperature:g}, tau={loss.temperature:g})"
     if isinstance(loss, StabilizedDistillationLoss):
-        return f"stabilized distillation (alpha={loss.alpha:g}, tau={loss.temperature:g})"
+        return (
+            f"stabilized distillation (alpha={loss.alpha:g}, positive rank: {loss.positive_rank}, "
+            f"tau={loss.temperature:g})"
+        )
     if isinstance(loss, ContrastiveLoss):
         return f"InfoNCE over all in-batch keys (tau={loss.temperature:g})"
     return type(loss).__name__

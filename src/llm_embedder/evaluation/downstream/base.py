@@ -15,16 +15,8 @@ from typing import Any, ClassVar
 
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError
+from llm_embedder.prompts import RenderedPrompt, RetrievedKey, render_prompt
 from llm_embedder.tasks.spec import TaskSpec
-
-
-@dataclass
-class RetrievedKey:
-    """One retrieved key: its text and where it came from (candidate index or corpus row)."""
-
-    text: str
-    #: index in the record's candidate list, or corpus row; lets memory scenarios restore chronological order
-    position: int
 
 
 @dataclass
@@ -77,6 +69,21 @@ class DownstreamEvaluator(ABC):
     @property
     def top_k(self) -> int:
         return int(self.settings.top_k or self.spec.evaluation.top_k)
+
+    def render(
+        self, tokenizer: Any, record: Record, keys: Sequence[RetrievedKey], answer: str | None = None
+    ) -> RenderedPrompt:
+        """The task's prompt (its task-table template) with the top-k ``keys`` fitted to ``max_prompt_tokens``."""
+        return render_prompt(
+            self.spec,
+            record.query,
+            list(keys[: self.top_k]),
+            tokenizer=tokenizer,
+            max_tokens=self.settings.max_prompt_tokens,
+            answer=answer,
+            fields={k: v for k, v in record.extra.items() if isinstance(v, (str, int, float))},
+            where=record.source or "",
+        )
 
     def check_records(self, records: Sequence[Record]) -> None:  # noqa: B027 - optional hook
         """Raise :class:`DataError` (file:line, field) when a record lacks what this scenario needs."""

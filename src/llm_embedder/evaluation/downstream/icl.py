@@ -1,10 +1,16 @@
 """In-context learning (icl): accuracy by likelihood ranking of the label options with retrieved demonstrations.
 
-Prompt = the kept demonstrations, least relevant first so that the MOST relevant one sits right before the query
-(recency matters most to an LLM), then ``{query}\\n``; each option of ``record.options`` is scored as the target
-and the most likely one is the prediction. When the demonstrations overflow the budget, the least relevant ones are
-dropped whole (a demonstration cut in half loses its label); the reference instead truncated from the left after
-putting the most relevant first, i.e. it dropped the best demonstrations.
+The prompt is the icl task's template (``{key}\n{query}\n{answer}`` in the built-in table, the reference's): the
+kept demonstrations joined by ``key_separator`` (``\n``, as the reference's evaluation), least relevant first so
+that the MOST relevant one sits right before the query (``key_order: nearest_last``), then the query; each option
+of ``record.options`` is scored as the answer. When the demonstrations overflow the budget, the least relevant ones
+are dropped whole (a demonstration cut in half loses its label); the reference instead dropped the most relevant.
+
+Which option is the prediction is the task table's ``evaluation.option_score``:
+
+* ``mean`` (default, the reference's ``perplexity_to_choice``): the lowest mean negative log-likelihood per token;
+* ``sum``: the largest summed log-probability - it favours options with fewer tokens (a two-token option needs each
+  token to be far likelier to beat a one-token one), so label sets whose verbalisers differ in length are biased.
 
 ``accuracy`` is over records; ``accuracy_macro`` averages the accuracy of each label set (records sharing the same
 options form one sub-task, e.g. SST-2 vs TREC), the paper's "ICL avg" without needing dataset names.
@@ -14,7 +20,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -26,32 +33,18 @@ from llm_embedder.evaluation.downstream.base import (
     record_error,
     require_answers,
 )
-from llm_embedder.evaluation.downstream.prompting import build_scoring_request, score, select_keys, token_lengths
-
-DEMO_SEPARATOR = "\n\n"
+from llm_embedder.evaluation.downstream.scoring import build_scoring_request, score
 
 
-def build_icl_prompt(
-    tokenizer: Any, demos: Sequence[str], query: str, *, budget: int, separator: str = DEMO_SEPARATOR
-) -> tuple[str, list[int]]:
-    """The prompt before the label, and the indices of the demos kept (in prompt order).
-
-    ``demos`` are given most relevant first. They are kept in that order while they fit next to the query, so an
-    overflow drops the least relevant; the prompt then lists them in reverse, most relevant nearest the query.
-    """
-    query_block = query.strip() + "\n"
-    sep_tokens = max(token_lengths(tokenizer, [separator])[0], 1)
-    fixed = token_lengths(tokenizer, [query_block])[0]
-    kept = select_keys(
-        tokenizer,
-        [d.strip() for d in demos],
-        budget=budget,
-        fixed_tokens=fixed,
-        separator_tokens=sep_tokens,
-        truncate_overflow=False,
-    )
-    ordered = list(reversed(kept))
-    return separator.join([text for _, text in ordered] + [query_block]), [i for i, _ in ordered]
+def pick_option(sum_logprob: Sequence[float], n_tokens: Sequence[int], rule: str) -> int:
+    """Index of the predicted option: ``mean`` - highest mean log-probability per token (lowest mean NLL), ``sum`` -
+    highest summed log-probability. Ties go to the first option."""
+    sums = np.asarray(sum_logprob, dtype=np.float64)
+    if rule == "sum":
+        return int(np.argmax(sums))
+    if rule == "mean":
+        return int(np.argmax(sums / np.maximum(np.asarray(n_tokens, dtype=np.float64), 1.0)))
+    raise ValueError(f"unknown option rule {rule!r} (mean or sum)")
 
 
 class ICLEvaluator(DownstreamEvaluator):
@@ -80,21 +73,21 @@ class ICLEvaluator(DownstreamEvaluator):
         budget = self.settings.max_prompt_tokens
         requests, owner = [], []
         for i, (record, keys) in enumerate(zip(records, retrieved, strict=True)):
-            context, _ = build_icl_prompt(
-                lm.tokenizer, [k.text for k in keys[: self.top_k]], record.query, budget=budget
-            )
+            prompt = self.render(lm.tokenizer, record, keys)
             for option in record.options or []:
-                requests.append(build_scoring_request(lm, context, option, budget=budget))
+                requests.append(build_scoring_request(lm, replace(prompt, answer=option), budget=budget))
                 owner.append(i)
-        sum_lp, _ = score(lm, requests, self.settings, desc="icl option likelihood")
-        scores: list[list[float]] = [[] for _ in records]
-        for i, lp in zip(owner, sum_lp, strict=True):
-            scores[i].append(float(lp))
+        sum_lp, n_tok = score(lm, requests, self.settings, desc="icl option likelihood")
+        per_record: list[tuple[list[float], list[int]]] = [([], []) for _ in records]
+        for i, lp, n in zip(owner, sum_lp, n_tok, strict=True):
+            per_record[i][0].append(float(lp))
+            per_record[i][1].append(int(n))
+        rule = self.spec.evaluation.option_score
         correct = []
         groups: dict[tuple[str, ...], list[bool]] = defaultdict(list)
-        for record, option_scores in zip(records, scores, strict=True):
+        for record, (sums, counts) in zip(records, per_record, strict=True):
             options = record.options or []
-            ok = options[int(np.argmax(option_scores))] == (record.answers or [""])[0]
+            ok = options[pick_option(sums, counts, rule)] == (record.answers or [""])[0]
             correct.append(ok)
             groups[tuple(sorted(options))].append(ok)
         return {

@@ -7,9 +7,8 @@ counts once. The reference averaged per-sample perplexities, which lets a few sh
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from llm_embedder.evaluation.downstream.base import (
     RetrievedKey,
     require_answers,
 )
-from llm_embedder.evaluation.downstream.prompting import build_scoring_request, score
+from llm_embedder.evaluation.downstream.scoring import build_scoring_request, score
 
 
 def token_weighted_perplexity(sum_logprob: Sequence[float] | np.ndarray, n_tokens: Sequence[int] | np.ndarray) -> float:
@@ -32,20 +31,13 @@ def token_weighted_perplexity(sum_logprob: Sequence[float] | np.ndarray, n_token
 
 
 class PerplexityEvaluator(DownstreamEvaluator):
-    """Scores ``record.answers[0]`` after a prompt made of the retrieved keys and the query."""
+    """Scores ``record.answers[0]`` after the task's prompt with the retrieved keys (the answer is never cut)."""
 
     metrics: ClassVar[tuple[str, ...]] = ("perplexity",)
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"perplexity"})
 
     def check_records(self, records: Sequence[Record]) -> None:
         require_answers(records, self.name)
-
-    @abstractmethod
-    def build_context(self, tokenizer: Any, record: Record, keys: Sequence[RetrievedKey]) -> str:
-        """The prompt before the target: retrieved keys (fitted to the budget) then the query."""
-
-    def target(self, record: Record) -> str:
-        return " " + (record.answers or [""])[0].strip()
 
     def evaluate(
         self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
@@ -54,8 +46,7 @@ class PerplexityEvaluator(DownstreamEvaluator):
         requests = [
             build_scoring_request(
                 lm,
-                self.build_context(lm.tokenizer, record, list(keys[: self.top_k])),
-                self.target(record),
+                self.render(lm.tokenizer, record, keys, answer=(record.answers or [""])[0]),
                 budget=self.settings.max_prompt_tokens,
             )
             for record, keys in zip(records, retrieved, strict=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from llm_embedder.evaluation.downstream.base import (
     RetrievedKey,
     require_answers,
 )
-from llm_embedder.evaluation.downstream.prompting import build_scoring_request, score, select_keys, token_lengths
+from llm_embedder.evaluation.downstream.scoring import build_scoring_request, score
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -55,51 +56,27 @@ def first_line(text: str) -> str:
 
 
 class QAEvaluator(DownstreamEvaluator):
-    """Answer quality with the top-k passages as ``Knowledge:`` (the qa reward template, without the answer)."""
+    """Answer quality with the top-k passages in the task's prompt (its reward template, e.g. ``Knowledge: ...``)."""
 
     name: ClassVar[str] = "qa"
     metrics: ClassVar[tuple[str, ...]] = ("contains_answer", "exact_match", "answer_logprob")
-    #: passages, most relevant first (standard RAG order); without retrieval the Knowledge block is left out
-    knowledge_template: ClassVar[str] = "Knowledge: {keys}\n\n"
-    question_template: ClassVar[str] = "Question: {query}\n\nAnswer:"
-    key_separator: ClassVar[str] = "\n"
 
     def check_records(self, records: Sequence[Record]) -> None:
         require_answers(records, "qa")
-
-    def build_context(self, tokenizer: Any, query: str, keys: Sequence[str]) -> str:
-        """The prompt up to ``Answer:`` with as many of ``keys`` (most relevant first) as the budget allows."""
-        question = self.question_template.format(query=query.strip())
-        if not keys:
-            return question
-        fixed = token_lengths(tokenizer, [self.knowledge_template.format(keys="") + question])[0]
-        kept = select_keys(
-            tokenizer,
-            [k.strip() for k in keys],
-            budget=self.settings.max_prompt_tokens,
-            fixed_tokens=fixed,
-            keep="start",
-        )
-        if not kept:
-            return question
-        knowledge = self.key_separator.join(text for _, text in kept)
-        return self.knowledge_template.format(keys=knowledge) + question
 
     def evaluate(
         self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
     ) -> dict[str, float]:
         assert lm is not None
         budget = self.settings.max_prompt_tokens
-        contexts = [
-            self.build_context(lm.tokenizer, r.query, [k.text for k in keys[: self.top_k]])
-            for r, keys in zip(records, retrieved, strict=True)
-        ]
         requests, owner = [], []
         prompts: list[list[int]] = []
-        for i, (record, context) in enumerate(zip(records, contexts, strict=True)):
+        for i, (record, keys) in enumerate(zip(records, retrieved, strict=True)):
+            # the keys are fitted once per record (they do not depend on the answer)
+            prompt = self.render(lm.tokenizer, record, keys)
             for answer in record.answers or []:
                 if answer.strip():
-                    requests.append(build_scoring_request(lm, context, " " + answer.strip(), budget=budget))
+                    requests.append(build_scoring_request(lm, replace(prompt, answer=answer.strip()), budget=budget))
                     owner.append(i)
             # generation starts from exactly the context tokens that were scored
             prompts.append(list(requests[-1].context_ids))

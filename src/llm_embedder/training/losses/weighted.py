@@ -16,8 +16,10 @@ class WeightedLoss(GroupLoss):
 
         \mathcal{L}(q) = \sum_j w_j \, \mathcal{L}_j(q)
 
-    The paper trains qa and icl with ``0.2 * InfoNCE + 1.0 * stabilized distillation`` (the task table's
-    ``contrastive_weight`` and ``distill_weight``). The parts are only asked for :meth:`per_query_loss`, so they are
+    The task table's ``contrastive_weight`` and ``distill_weight`` build one, e.g. ``0.2 * InfoNCE + 1.0 *
+    stabilized distillation``. (The reference's per-task configuration trains qa and icl with ``contrastive_weight
+    0`` - stabilized distillation alone; its 0.2 is only the command-line fallback for tasks that do not set it, and
+    the built-in table follows the per-task value.) The parts are only asked for :meth:`per_query_loss`, so they are
     built without a model; the temperature of each part is its own.
 
     Args:

@@ -26,43 +26,19 @@ scorer averages the per-answer rewards.
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 from typing import Any
 
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError, UserError
 from llm_embedder.lm.likelihood import ScoringRequest, build_request, tokenizer_adds_bos
+from llm_embedder.prompts.budget import TokenBudget
+from llm_embedder.prompts.render import render_prompt
+from llm_embedder.prompts.template import split_template
 from llm_embedder.tasks.spec import TaskSpec
-from llm_embedder.utils.templates import render_template, template_fields
 
 #: the reference's key budget (tokens of the LLM's tokenizer)
 DEFAULT_MAX_KEY_TOKENS = 512
-
-
-def split_template(template: str) -> tuple[str, str]:
-    """``(before, after)`` the single ``{answer}`` field of a reward template; anything else is a UserError."""
-    fields = template_fields(template)
-    count = fields.count("answer")
-    if count != 1:
-        raise UserError(
-            f"reward template {template!r} must contain {{answer}} exactly once (found {count})",
-            hint="e.g. 'Knowledge: {key}\\n\\nQuestion: {query}\\n\\nAnswer: {answer}'",
-        )
-    # Split on the parsed field, not on the text "{answer}", so escaped braces ("{{answer}}") are not matched.
-    before: list[str] = []
-    after: list[str] = []
-    seen = False
-    for literal, name, _, _ in string.Formatter().parse(template):
-        target = after if seen else before
-        target.append(literal.replace("{", "{{").replace("}", "}}"))
-        if name is None:
-            continue
-        if name == "answer":
-            seen = True
-        else:
-            (after if seen else before).append("{" + name + "}")
-    return "".join(before), "".join(after)
 
 
 @dataclass
@@ -121,6 +97,7 @@ class RewardPromptBuilder:
         self.max_key_tokens = max_key_tokens
         self.max_length = max_length
         self.add_bos = tokenizer_adds_bos(tokenizer) if add_bos is None else add_bos
+        self.budget = TokenBudget(tokenizer)
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _ids(self, text: str) -> list[int]:
@@ -130,17 +107,7 @@ class RewardPromptBuilder:
         """``key`` cut to ``max_key_tokens`` tokens (its beginning), at a token boundary of the original text."""
         if self.max_key_tokens is None:
             return key
-        try:
-            encoded = self.tokenizer(key, add_special_tokens=False, return_offsets_mapping=True)
-            offsets = encoded["offset_mapping"]
-        except (NotImplementedError, ValueError, TypeError, KeyError):
-            ids = self._ids(key)
-            if len(ids) <= self.max_key_tokens:
-                return key
-            return self.tokenizer.decode(ids[: self.max_key_tokens])
-        if len(offsets) <= self.max_key_tokens:
-            return key
-        return key[: offsets[self.max_key_tokens][0]]
+        return self.budget.truncate(key, self.max_key_tokens, "start")
 
     def _fail(self, record: Record, message: str, field: str, hint: str | None = None) -> DataError:
         path, lineno = _where(record)
@@ -160,15 +127,24 @@ class RewardPromptBuilder:
         return RecordPrompts(requests)
 
     def _template(self, record: Record, candidates: list[str], answers: list[str]) -> list[list[ScoringRequest]]:
-        values: dict[str, Any] = {k: v for k, v in record.extra.items() if isinstance(v, (str, int, float))}
-        values["query"] = record.query.strip()
-        where = record.source or ""
+        fields = {k: v for k, v in record.extra.items() if isinstance(v, (str, int, float))}
         out = []
         for candidate in candidates:
-            values["key"] = self.truncate_key(candidate.strip()).strip()
-            context = render_template(self.prefix, values, where=where)
+            prompt = render_prompt(
+                self.spec,
+                record.query,
+                [candidate],
+                tokenizer=self.tokenizer,
+                max_key_tokens=self.max_key_tokens,
+                fields=fields,
+                template=self.template,
+                where=record.source or "",
+            )
             out.append(
-                [build_request(self.tokenizer, context, answer.strip(), add_bos=self.add_bos) for answer in answers]
+                [
+                    build_request(self.tokenizer, prompt.context, answer.strip(), add_bos=self.add_bos)
+                    for answer in answers
+                ]
             )
         return out
 
