@@ -68,7 +68,7 @@ def test_every_route_through_the_client(service, serve_app, serve_embedder, tmp_
             "Speaker 1: I want to buy the new iPhone 15.\nSpeaker 2: It was released in September.\n"
             "get_price: look up the current price of a product\n"
         )
-        assert result["prompt"].endswith("\nSpeaker 1: What is its price?\nSpeaker 2:")
+        assert result["prompt"].endswith("\nSpeaker 1: What is its price?\nSpeaker 2: ")
         tool = next(h for h in result["hits"] if h["source"] == "tools")
         assert (tool["id"], tool["schema"]) == ("get_price", TOOLS[0]["schema"])
         client.feedback(result["augment_id"], "The iPhone 15 costs 799 dollars.")

@@ -204,7 +204,7 @@ def test_augment_builds_the_prompt_and_feedback_exports_records(service, tmp_pat
     )
     assert result["prompt"] == (
         "Knowledge: Paris is the capital and largest city of France.\n"
-        "Speaker 1: I love Paris.\nSpeaker 2: So do I.\n\nQuestion: What is the capital of France?\n\nAnswer:"
+        "Speaker 1: I love Paris.\nSpeaker 2: So do I.\n\nQuestion: What is the capital of France?\n\nAnswer: "
     )
     assert [(h["source"], h["id"], h["in_prompt"]) for h in result["hits"]] == [
         ("kb", "paris", True),
@@ -245,3 +245,22 @@ def test_embeddings_are_the_encoder_vectors(service, serve_embedder):
     np.testing.assert_allclose(got, serve_embedder.encode_keys(["a dog", "a cat"], task="chat"), atol=1e-6)
     got = service.embeddings("a dog")
     np.testing.assert_allclose(got, serve_embedder.encode_queries(["a dog"], task="qa"), atol=1e-6)
+
+
+def test_augment_prompt_is_the_prompt_layers_within_the_budget(service, prompt_tokenizer):
+    from llm_embedder.prompts import render_prompt
+    from llm_embedder.tasks.registry import get_task
+
+    service.create_collection("kb", "qa")
+    service.upsert("kb", PASSAGES)
+    query = "What is the capital of France?"
+    result = service.augment(query, sources=[{"collection": "kb", "top_k": 3}])
+    keys = [h["text"] for h in result["hits"]]
+    assert result["prompt"] == render_prompt(get_task("qa"), query, keys, tokenizer=prompt_tokenizer).context
+    assert [h["in_prompt"] for h in result["hits"]] == [True, True, True]
+    # room for the best key only: the less relevant ones are dropped (and logged as not in the prompt)
+    one = render_prompt(get_task("qa"), query, keys[:1], tokenizer=prompt_tokenizer).context
+    budget = len(prompt_tokenizer(one, add_special_tokens=False)["input_ids"]) + 6
+    tight = service.augment(query, sources=[{"collection": "kb", "top_k": 3}], max_prompt_tokens=budget)
+    assert tight["prompt"] == one
+    assert [h["in_prompt"] for h in tight["hits"]] == [True, False, False]

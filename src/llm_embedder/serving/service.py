@@ -534,16 +534,18 @@ class RetrievalService:
             )
             retrieved.append(hits)
             shown = hits[: plan["top_k"]]
-            if plan["chronological"]:  # memory reads best in the order it happened
-                shown = sorted(shown, key=lambda h: int(h.document.id))
             plan["shown"] = shown
-            sections.append(Section(self._task(plan["collection"].info.task), [h.document.text for h in shown]))
-        prompt, kept = build_prompt(self.prompt_tokenizer, sections, query, budget)
+            positions = [int(h.document.id) for h in shown] if plan["chronological"] else None
+            spec = self._task(plan["collection"].info.task)
+            sections.append(Section(spec, [h.document.text for h in shown], positions))
+        prompt = build_prompt(
+            sections, query, tokenizer=self.prompt_tokenizer, max_tokens=budget, task=self.embedder.task
+        )
         augment_id = uuid.uuid4().hex
         entries: dict[str, dict[str, Any]] = {}
         out_hits = []
-        for plan, hits, n in zip(plans, retrieved, kept, strict=True):
-            in_prompt = [h.document.id for h in plan["shown"][:n]]
+        for plan, hits, section in zip(plans, retrieved, sections, strict=True):
+            in_prompt = [plan["shown"][j].document.id for j in sorted(section.kept)]
             for hit in plan["shown"]:
                 out_hits.append({"source": plan["name"], "in_prompt": hit.document.id in in_prompt, **hit_dict(hit)})
             entries[plan["log"]] = {
