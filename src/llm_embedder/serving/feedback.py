@@ -95,11 +95,15 @@ class FeedbackLog:
             self._append(self.folder / ANSWERS_FILE, [{"augment_id": augment_id, "answer": answer}])
 
     def records(self, collection: str) -> Iterator[dict[str, Any]]:
-        """The collection's augments that got an answer, as records (the latest answer of an augment wins)."""
+        """The collection's augments that got an answer, as records (the latest answer of an augment wins).
+
+        An augment that retrieved fewer than two candidates is left out: one candidate teaches no ranking, and the
+        trainer refuses a record it cannot build a group from.
+        """
         answers = {str(e.get("augment_id")): e.get("answer") for e in _read_lines(self.folder / ANSWERS_FILE)}
         for entry in _read_lines(self.folder / f"{collection}{AUGMENTS_SUFFIX}"):
             answer = answers.get(str(entry.get("augment_id")))
-            if isinstance(answer, str):
+            if isinstance(answer, str) and len(entry.get("candidates", [])) >= 2:
                 yield to_record(entry, answer, collection)
 
     def counts(self, collection: str) -> tuple[int, int]:
