@@ -223,10 +223,17 @@ def test_augment_builds_the_prompt_and_feedback_exports_records(service, tmp_pat
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     loaded = load_records(path)
     assert loaded[0].candidates == record["neg"] and loaded[0].answers == ["Paris."]
+    assert service.export_feedback("conversation_memory") == []  # one memory item: no ranking to learn from
+    service.add_turns("c1", [{"role": "user", "content": "I hate rain."}, {"role": "assistant", "content": "Me too."}])
+    again = service.augment("Where should I live?", conversation_id="c1", sources=[{"memory": "conversation"}])
+    service.feedback(again["augment_id"], "Paris.")
     memory = service.export_feedback("conversation_memory")
     path.write_text(json.dumps(memory[0]) + "\n")
     chat = load_records(path)[0]
-    assert chat.uses_history and chat.candidates == ["Speaker 1: I love Paris.\nSpeaker 2: So do I."]
+    assert chat.uses_history and sorted(chat.candidates) == [
+        "Speaker 1: I hate rain.\nSpeaker 2: Me too.",
+        "Speaker 1: I love Paris.\nSpeaker 2: So do I.",
+    ]
 
 
 def test_feedback_survives_a_restart(make_service, tmp_path):
@@ -264,3 +271,23 @@ def test_augment_prompt_is_the_prompt_layers_within_the_budget(service, prompt_t
     tight = service.augment(query, sources=[{"collection": "kb", "top_k": 3}], max_prompt_tokens=budget)
     assert tight["prompt"] == one
     assert [h["in_prompt"] for h in tight["hits"]] == [True, False, False]
+
+
+def test_a_knowledge_source_can_search_with_the_conversation(service):
+    service.create_collection("kb", "qa")
+    service.upsert("kb", PASSAGES)
+    service.add_turns(
+        "c1", [{"role": "user", "content": "Tell me about France."}, {"role": "assistant", "content": "Sure."}]
+    )
+    plain = service.augment("And its capital?", conversation_id="c1", sources=[{"collection": "kb"}])
+    joined = service.augment(
+        "And its capital?", conversation_id="c1", sources=[{"collection": "kb", "conversation": True}]
+    )
+    for result in (plain, joined):
+        service.feedback(result["augment_id"], "Paris")
+    assert [r["query"] for r in service.export_feedback("kb")] == [
+        "And its capital?",
+        "Tell me about France. Sure. And its capital?",
+    ]
+    with pytest.raises(UserError, match=r"sources\[0\].conversation must be true or false, got 'yes'"):
+        service.augment("q", sources=[{"collection": "kb", "conversation": "yes"}])

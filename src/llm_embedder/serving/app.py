@@ -92,6 +92,9 @@ class Source(_Body):
     top_k: int = 3
     filter: dict[str, Any] | None = None
     mode: Literal["dense", "bm25", "hybrid"] = "dense"
+    conversation: bool | None = Field(
+        default=None, description="query with the recent conversation (default: for convsearch and tool collections)"
+    )
 
 
 class AugmentIn(_Body):

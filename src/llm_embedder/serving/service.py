@@ -512,8 +512,10 @@ class RetrievalService:
     ) -> dict[str, Any]:
         """Retrieve from every source with its task and build the prompt; the candidates are logged for feedback.
 
-        A source is ``{"collection": NAME, "top_k"?, "filter"?, "mode"?}``, ``{"memory": "conversation", "top_k"?}``
-        (needs ``conversation_id``) or ``{"memory": "document", "document_id": ID, "top_k"?}``.
+        A source is ``{"collection": NAME, "top_k"?, "filter"?, "mode"?, "conversation"?}``,
+        ``{"memory": "conversation", "top_k"?}`` (needs ``conversation_id``) or
+        ``{"memory": "document", "document_id": ID, "top_k"?}``. ``conversation`` (default: true for convsearch and
+        tool collections) makes the collection's query the recent conversation + the query, left-truncated.
         """
         query = check_text(query, "query", self.limits)
         if conversation_id is not None:
@@ -571,8 +573,13 @@ class RetrievalService:
         if "collection" in source:
             collection = self._collection(source["collection"])
             task = collection.info.task
+            with_conversation = source.get("conversation")
+            if with_conversation is None:
+                with_conversation = task in CONVERSATIONAL_TASKS
+            elif not isinstance(with_conversation, bool):
+                raise UserError(f"{where}.conversation must be true or false, got {with_conversation!r}")
             record_query = query
-            if task in CONVERSATIONAL_TASKS:
+            if with_conversation:
                 record_query = self.conversational_query(task, query, conversation)
             return {
                 "name": source["collection"],
