@@ -291,3 +291,25 @@ def test_a_knowledge_source_can_search_with_the_conversation(service):
     ]
     with pytest.raises(UserError, match=r"sources\[0\].conversation must be true or false, got 'yes'"):
         service.augment("q", sources=[{"collection": "kb", "conversation": "yes"}])
+
+
+def test_generate_with_an_lm(make_service, tmp_path):
+    from lm_helpers import make_tiny_lm
+
+    from llm_embedder.serving.generation import Generator
+
+    make_tiny_lm(tmp_path / "lm")
+    generator = Generator.load(str(tmp_path / "lm"), max_new_tokens=4)
+    service = make_service()
+    service.lm = generator
+    service.create_collection("kb", "qa")
+    service.upsert("kb", PASSAGES)
+    result = service.augment("capital of France?", sources=[{"collection": "kb", "top_k": 1}], generate=True)
+    inputs = generator.tokenizer(result["prompt"], return_tensors="pt")
+    expected = generator.model.generate(
+        **inputs, max_new_tokens=4, do_sample=False, pad_token_id=generator.tokenizer.pad_token_id
+    )
+    assert (
+        result["answer"]
+        == generator.tokenizer.decode(expected[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    )
