@@ -44,16 +44,20 @@ def test_collections_list_conflict_drop(service, serve_embedder):
         "task": "qa",
         "count": 0,
         "encoder": serve_embedder.fingerprint,
+        "index": "flat",
     }
     assert service.create_collection("kb", "qa")["name"] == "kb"  # same task: a no-op
     with pytest.raises(Conflict, match="collection 'kb' exists with task 'qa'"):
         service.create_collection("kb", "tool")
     service.upsert("kb", PASSAGES[:2])
     assert service.list_collections() == [
-        {"name": "kb", "task": "qa", "count": 2, "encoder": serve_embedder.fingerprint}
+        {"name": "kb", "task": "qa", "count": 2, "encoder": serve_embedder.fingerprint, "index": "flat"}
     ]
     service.drop_collection("kb")
     assert service.list_collections() == []
+    assert service.create_collection("big", "qa", index="hnsw")["index"] == "hnsw"
+    with pytest.raises(UserError, match="unknown index 'annoy'"):
+        service.create_collection("other", "qa", index="annoy")
     with pytest.raises(NotFound, match="unknown collection 'kb'"):
         service.search("kb", "x")
 

@@ -36,6 +36,7 @@ class _Body(BaseModel):
 class CollectionIn(_Body):
     name: str
     task: str
+    index: str = Field(default="flat", description="flat (exact) or the store's ANN index: hnsw, ivf (embedded)")
 
 
 class DocumentIn(_Body):
@@ -211,7 +212,7 @@ def create_app(service: RetrievalService, *, api_key: str | None = None) -> Fast
     # ------------------------------------------------------------------ collections
     @app.post("/v1/collections", status_code=201)
     def create_collection(body: CollectionIn) -> dict[str, Any]:
-        return service.create_collection(body.name, body.task)
+        return service.create_collection(body.name, body.task, index=body.index)
 
     @app.get("/v1/collections")
     def list_collections() -> dict[str, Any]:

@@ -67,8 +67,8 @@ class RetrievalClient:
         return response.json()
 
     # collections
-    def create_collection(self, name: str, task: str) -> dict[str, Any]:
-        return self._call("POST", "/v1/collections", {"name": name, "task": task})
+    def create_collection(self, name: str, task: str, *, index: str = "flat") -> dict[str, Any]:
+        return self._call("POST", "/v1/collections", {"name": name, "task": task, "index": index})
 
     def list_collections(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/collections")["collections"]

@@ -214,11 +214,12 @@ class RetrievalService:
         check_collection_name(name)
         if name in RESERVED and not allow_reserved:
             raise UserError(f"collection {name!r} is reserved for memory", hint="use the conversation routes")
-        known = {info.name for info in self.store.list_collections()}
-        if name not in known:
+        try:
+            return self.store.collection(name)
+        except UserError:  # the store's message names its folder; a client gets the collection names only
+            known = {info.name for info in self.store.list_collections()}
             shown = ", ".join(sorted(known - set(RESERVED))) or "none yet"
-            raise NotFound(f"unknown collection {name!r}", hint=f"create it first; existing: {shown}")
-        return self.store.collection(name)
+            raise NotFound(f"unknown collection {name!r}", hint=f"create it first; existing: {shown}") from None
 
     def _task(self, name: Any) -> Any:
         if not isinstance(name, str):
@@ -258,8 +259,12 @@ class RetrievalService:
         return hits
 
     # ------------------------------------------------------------------ collections
-    def create_collection(self, name: Any, task: Any) -> dict[str, Any]:
-        """A collection bound to ``task`` (refused if it exists with another task; the same task is a no-op)."""
+    def create_collection(self, name: Any, task: Any, *, index: Any = "flat") -> dict[str, Any]:
+        """A collection bound to ``task`` (refused if it exists with another task; the same task is a no-op).
+
+        ``index``: ``flat`` (exact search) or an approximate index of the store (``hnsw`` / ``ivf`` embedded) for
+        large collections.
+        """
         check_collection_name(name)
         if name in RESERVED:
             raise UserError(f"collection name {name!r} is reserved for memory", hint="choose another name")
@@ -271,12 +276,23 @@ class RetrievalService:
                         f"collection {name!r} exists with task {info.task!r}",
                         hint="drop it first or choose another name",
                     )
-            collection = self.store.create_collection(self._info(name, spec.name), exist_ok=True)
+            if not isinstance(index, str):
+                raise UserError(f"index must be a string, got {type(index).__name__}")
+            info = CollectionInfo(
+                name=name, task=spec.name, encoder=self.embedder.fingerprint, dim=self.embedder.dim, index=index
+            )
+            collection = self.store.create_collection(info, exist_ok=True)
         return self._describe(collection.info)
 
     def _describe(self, info: CollectionInfo) -> dict[str, Any]:
         collection = self.store.collection(info.name)
-        return {"name": info.name, "task": info.task, "count": collection.count(scope=None), "encoder": info.encoder}
+        return {
+            "name": info.name,
+            "task": info.task,
+            "count": collection.count(scope=None),
+            "encoder": info.encoder,
+            "index": info.index,
+        }
 
     def list_collections(self) -> list[dict[str, Any]]:
         return [self._describe(i) for i in self.store.list_collections() if i.name not in RESERVED]
