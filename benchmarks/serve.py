@@ -54,12 +54,24 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "llm_embedder.cli.main", "serve", "--data-dir", str(data)]
-        command += ["--port", str(self.port), "--backend", backend, "--max-queue", "1024", *extra]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        command += [
+            "--port",
+            str(self.port),
+            "--backend",
+            backend,
+            "--max-queue",
+            "1024",
+            "--log-level",
+            "info",
+            *extra,
+        ]
+        self.log = data.parent / f"server-{self.port}.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode())
+                raise RuntimeError(self.log.read_text(errors="replace")[-2000:])
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
@@ -71,7 +83,11 @@ class Server:
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
@@ -82,15 +98,19 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 async def load(url: str, clients: int, per_client: int, make_request: Any) -> dict[str, Any]:
     """``clients`` concurrent loops of ``per_client`` requests; ``make_request(client, i) -> (method, path, body)``."""
     latencies: list[float] = []
-    errors: dict[int, int] = {}
+    errors: dict[Any, int] = {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as http:
 
         async def one(client: int) -> None:
             for i in range(per_client):
                 method, path, body = make_request(client, i)
                 start = time.perf_counter()
-                response = await http.request(method, path, json=body)
+                try:
+                    response = await http.request(method, path, json=body)
+                except httpx.TransportError as exc:  # counted, not fatal: a busy machine drops connections
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    continue
                 latencies.append(time.perf_counter() - start)
                 if response.status_code != 200:
                     errors[response.status_code] = errors.get(response.status_code, 0) + 1
@@ -130,8 +150,13 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100_000, help="keys in the searched collection")
     parser.add_argument("--backend", default="onnx", choices=["torch", "onnx", "onnx-int8"], help="encoder runtime")
     parser.add_argument("--requests", type=int, default=640, help="requests per load point")
-    parser.add_argument("--index", default="hnsw", help="index of the searched collection: flat (exact), hnsw, ivf")
+    parser.add_argument(
+        "--index",
+        default="flat",
+        help="index of the searched collection: flat (exact), hnsw, ivf (built on first search)",
+    )
     parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--work-dir", default=None, help="where the temporary store and server logs go")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from llm_embedder import LLMEmbedder
@@ -141,7 +166,7 @@ def main() -> None:
     embedder = LLMEmbedder(device="cpu", backend=args.backend)
     results: dict[str, Any] = {"keys": args.keys, "backend": args.backend, "index": args.index,
                                "omp_threads": os.environ["OMP_NUM_THREADS"]}  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         data = Path(tmp) / "data"
         t0 = time.perf_counter()
         fill_store(data, embedder, args.keys, passages, args.index)
@@ -231,6 +256,10 @@ def main() -> None:
             print(f"bulk ingest: {served:.0f} passages/s through the server (encode + store) vs {local:.0f}/s "
                   f"encode_keys in-process = {served / local:.2f}x", flush=True)  # fmt: skip
         finally:
+            for log in sorted(Path(tmp).glob("server-*.log")):
+                errors = [line for line in log.read_text(errors="replace").splitlines() if "Error" in line]
+                if errors:
+                    print(f"{log.name}: {len(errors)} error lines, last: {errors[-1]}", flush=True)
             for server in (batched, single):
                 if server.process.poll() is None:
                     server.stop()

@@ -277,3 +277,34 @@ def test_metrics(service, serve_app):
     assert 'llm_embedder_encoder_batch_texts_sum{side="key",task="qa"} 2.0' in text
     assert 'llm_embedder_search_seconds_count{mode="dense",task="qa"} 2.0' in text
     assert "llm_embedder_encode_seconds_bucket" in text and "llm_embedder_encoder_queue_depth 0.0" in text
+
+
+def test_isolation_over_http(service, serve_app):
+    with serve_app(service) as server, RetrievalClient(server.url) as client:
+        client.add_turns(
+            "alice", [{"role": "user", "content": "My password is tulip."}, {"role": "assistant", "content": "Noted."}]
+        )
+        assert client.search_conversation("bob", "What is my password?") == []
+        client.append_text("alice-notes", "The secret plan is to meet at noon by the bridge. " * 8)
+        with pytest.raises(ServiceError) as info:
+            client.search_document("bob-notes", "secret plan")
+        assert info.value.status == 404
+        client.create_collection("a", "qa")
+        client.create_collection("b", "qa")
+        client.upsert("a", [{"id": "x", "text": "only in a"}])
+        assert client.search("b", "only in a") == []
+        assert client.delete_documents("b", ids=["x"]) == 0 and len(client.search("a", "only in a")) == 1
+        assert client.forget_conversation("bob") == 0
+        assert len(client.search_conversation("alice", "What is my password?")) == 1
+
+
+def test_a_chunked_body_under_the_limit_reaches_the_route(service, serve_app):
+    service.create_collection("kb", "qa")
+    body = json.dumps({"documents": [{"id": "a", "text": "streamed in two chunks"}]}).encode()
+    with serve_app(service) as server:
+        response = httpx.post(
+            server.url + "/v1/collections/kb/documents",
+            content=iter([body[:10], body[10:]]),
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 200 and response.json() == {"ids": ["a"]}

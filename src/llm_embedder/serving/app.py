@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import time
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -239,10 +240,9 @@ def create_app(service: RetrievalService, *, api_key: str | None = None) -> Fast
     @app.get("/v1/collections/{name}/feedback")
     def export_feedback(name: str) -> Response:
         """The collection's answered augments as JSON lines in the record format (for ``llm-embedder score``)."""
-        import json
-
-        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in service.export_feedback(name))
-        return Response(lines, media_type="application/x-ndjson")
+        records = service.iter_feedback(name)  # unknown names fail here, before the 200 is sent
+        lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return StreamingResponse(lines, media_type="application/x-ndjson")
 
     # ------------------------------------------------------------------ memory
     @app.post("/v1/conversations/{conversation_id}/turns")

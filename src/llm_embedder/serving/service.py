@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -650,11 +650,15 @@ class RetrievalService:
 
     def export_feedback(self, name: Any) -> list[dict[str, Any]]:
         """The collection's answered augments as training records (``llm-embedder score`` then ``train``)."""
+        return list(self.iter_feedback(name))
+
+    def iter_feedback(self, name: Any) -> Iterator[dict[str, Any]]:
+        """:meth:`export_feedback` as a stream (checked before the first record is read)."""
         check_collection_name(name)
         known = name in RESERVED or any(info.name == name for info in self.store.list_collections())
         if not known and not self.feedback_log.has(name):  # a dropped collection's log stays exportable
             raise NotFound(f"unknown collection {name!r}", hint="no such collection and no feedback logged for it")
-        return list(self.feedback_log.records(name))
+        return self.feedback_log.records(name)
 
     # ------------------------------------------------------------------ embeddings
     def embeddings(self, inputs: Any, *, task: Any = None, input_type: Any = None) -> np.ndarray:
