@@ -50,12 +50,8 @@ class ServerProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(30)
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
 
-
-def test_acknowledged_writes_survive_kill_9_and_restart(tmp_path):
+def test_acknowledged_writes_survive_kill_9_and_restart(tmp_path, make_service, serve_app):
     data = tmp_path / "data"
     server = ServerProcess(data)
     http = httpx.Client(base_url=server.url, timeout=30)
@@ -130,38 +126,32 @@ def test_acknowledged_writes_survive_kill_9_and_restart(tmp_path):
         assert last.text == f"Speaker 1: question {exchanges - 1}\nSpeaker 2: answer {exchanges - 1}"
     store.close()
 
-    restarted = ServerProcess(data)
-    try:
-        with httpx.Client(base_url=restarted.url, timeout=30) as http:
-            collections = http.get("/v1/collections").json()["collections"]
-            assert collections[0]["name"] == "kb" and collections[0]["count"] >= len(acked_docs)
-            hits = http.post("/v1/collections/kb/search", json={"query": "topic 3", "top_k": 3}).json()["hits"]
-            assert len(hits) == 3
-            exported = http.get("/v1/collections/kb/feedback").text.splitlines()
-            assert set(acked_feedback) <= {json.loads(line)["query_id"] for line in exported}
-            # the log takes new entries after the kill (a torn last line never swallows one)
-            augment_id = http.post("/v1/augment", json={"query": "q", "sources": [{"collection": "kb"}]}).json()[
-                "augment_id"
-            ]
-            assert http.post("/v1/feedback", json={"augment_id": augment_id, "answer": "a"}).status_code == 200
-            assert len(http.get("/v1/collections/kb/feedback").text.splitlines()) == len(exported) + 1
-    finally:
-        restarted.stop()
+    # restart: a new server over the same folder (in this process, to keep the test short) serves the same data
+    with serve_app(make_service(data)) as restarted, httpx.Client(base_url=restarted.url, timeout=30) as http:
+        collections = http.get("/v1/collections").json()["collections"]
+        assert collections[0]["name"] == "kb" and collections[0]["count"] >= len(acked_docs)
+        hits = http.post("/v1/collections/kb/search", json={"query": "topic 3", "top_k": 3}).json()["hits"]
+        assert len(hits) == 3
+        exported = http.get("/v1/collections/kb/feedback").text.splitlines()
+        assert set(acked_feedback) <= {json.loads(line)["query_id"] for line in exported}
+        # the log takes new entries after the kill (a torn last line never swallows one)
+        augment_id = http.post("/v1/augment", json={"query": "q", "sources": [{"collection": "kb"}]}).json()[
+            "augment_id"
+        ]
+        assert http.post("/v1/feedback", json={"augment_id": augment_id, "answer": "a"}).status_code == 200
+        assert len(http.get("/v1/collections/kb/feedback").text.splitlines()) == len(exported) + 1
 
 
-def test_non_loopback_bind_needs_an_api_key(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "llm_embedder.cli.main", "serve", "--data-dir", str(tmp_path), "--host", "0.0.0.0"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "LLM_EMBEDDER_API_KEY": ""},
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert result.stderr == (
+def test_non_loopback_bind_needs_an_api_key(tmp_path, capsys, monkeypatch):
+    from llm_embedder.cli.main import main
+
+    monkeypatch.delenv("LLM_EMBEDDER_API_KEY", raising=False)
+    assert main(["serve", "--data-dir", str(tmp_path), "--host", "0.0.0.0"]) == 2
+    assert capsys.readouterr().err == (
         "llm-embedder serve: error: --host 0.0.0.0 is not a loopback address and no API key is set (pass --api-key "
         "KEY (or set $LLM_EMBEDDER_API_KEY) to serve beyond this machine, or bind 127.0.0.1)\n"
     )
+    assert not any(tmp_path.iterdir())  # refused before anything was loaded or written
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
