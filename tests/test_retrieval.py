@@ -24,8 +24,10 @@ from llm_embedder.evaluation.metrics import compute_metrics, record_query_ids, r
 from llm_embedder.retrieval import Retriever, SearchResult
 from llm_embedder.retrieval.bm25 import BM25Retriever, rank_candidates_bm25
 from llm_embedder.retrieval.dense import DenseRetriever, build_index_folder, rank_candidates_dense
+from llm_embedder.retrieval.folder import read_manifest
 from llm_embedder.retrieval.hybrid import HybridRetriever, reciprocal_rank_fusion
-from llm_embedder.retrieval.index import DenseIndex, IndexParams, read_manifest, top_k_desc
+from llm_embedder.retrieval.index import DenseIndex, IndexParams
+from llm_embedder.retrieval.ranking import top_k_desc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,13 +20,12 @@ earlier pairs of the current session (method.md section 2; the shared MSC data h
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llm_embedder.data.jsonl import iter_json_lines as read_json_lines
 from llm_embedder.data.records import Record, write_records
 from llm_embedder.errors import DataError, UserError
 
@@ -41,27 +40,7 @@ def _clean(text: str) -> str:
 
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
     """``(line number, value)`` for each non-blank line; unlike records, a line may hold a JSON list."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    seen = 0
-    with opener(path, "rb") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8").lstrip("\ufeff")
-            except UnicodeDecodeError as exc:
-                raise DataError(str(path), lineno, f"not valid UTF-8 (byte {exc.start})") from None
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(str(path), lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
-            seen += 1
-            yield lineno, value
-    if not seen:
-        raise DataError(str(path), None, "file is empty (no dialogues)")
+    yield from read_json_lines(path, objects=False, what="dialogues")
 
 
 def _turn_text(turn: Any, where: tuple[str, int, str]) -> tuple[str | None, str]:

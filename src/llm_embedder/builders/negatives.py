@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import re
 import string
-from pathlib import Path
 from typing import Any
 
-from llm_embedder.cli.common import add_tasks_file_argument, load_tasks_file
 from llm_embedder.data.corpus import Corpus
 from llm_embedder.data.records import Record, load_records, write_records
 from llm_embedder.errors import UserError
 from llm_embedder.retrieval.base import Retriever
+from llm_embedder.tasks.registry import add_tasks_file_argument, load_tasks_file
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -113,32 +112,11 @@ def mine_negatives(
 
 
 def make_retriever(spec: str, corpus: Corpus, task: str, args: Any) -> Retriever:
-    """``bm25``, an index folder, or an encoder (``default``, a model folder or a hub id)."""
-    if spec.lower() == "bm25":
-        from llm_embedder.retrieval.bm25 import BM25Retriever
+    """``bm25``, an index folder / store URI, or an encoder (``default``, a model folder or a hub id): the registry's
+    names (:func:`llm_embedder.retrieval.registry.corpus_retriever`)."""
+    from llm_embedder.retrieval.registry import corpus_retriever
 
-        return BM25Retriever(corpus.keys)
-    path = Path(spec)
-    if path.is_dir() and (path / "manifest.json").is_file():
-        from llm_embedder.retrieval.dense import DenseRetriever
-        from llm_embedder.retrieval.index import read_manifest
-
-        manifest = read_manifest(path)
-        if int(manifest.get("count", -1)) != len(corpus):
-            raise UserError(
-                f"index {path} covers {manifest.get('count')} rows but the corpus has {len(corpus)}",
-                hint="use the index of this corpus, or an encoder / bm25",
-            )
-        if not manifest.get("dense"):
-            from llm_embedder.retrieval.bm25 import BM25Retriever
-
-            return BM25Retriever.load(path)
-        return DenseRetriever.from_folder(path, device=args.device, batch_size=args.batch_size)
-    from llm_embedder.model.embedder import LLMEmbedder
-    from llm_embedder.retrieval.dense import DenseRetriever
-
-    embedder = LLMEmbedder(None if spec == "default" else spec, device=args.device, batch_size=args.batch_size)
-    return DenseRetriever(embedder, task, corpus.keys, name=spec)
+    return corpus_retriever(spec, corpus.keys, task=task, device=args.device, batch_size=args.batch_size)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llm_embedder.data.jsonl import write_jsonl
+from llm_embedder.data.jsonl import decode_json_line, readable_gzip, write_jsonl
 from llm_embedder.data.records import Record, write_records
 from llm_embedder.errors import DataError, UserError
 
@@ -39,7 +39,7 @@ def load_items(path: str) -> list[tuple[str, Any]]:
     if not p.is_file():
         raise UserError(f"{p}: file not found")
     opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rb") as handle:
+    with readable_gzip(p), opener(p, "rb") as handle:
         raw = handle.read()
     try:
         text = raw.decode("utf-8").lstrip("\ufeff")
@@ -56,10 +56,7 @@ def load_items(path: str) -> list[tuple[str, Any]]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            items.append((f"{p}:{lineno}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise DataError(str(p), lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+        items.append((f"{p}:{lineno}", decode_json_line(line, p, lineno, objects=False)))
     if not items:
         raise DataError(str(p), None, "file is empty")
     return items

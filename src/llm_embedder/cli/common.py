@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from llm_embedder.tasks.registry import TASKS
+from llm_embedder.tasks.registry import add_tasks_file_argument, load_tasks_file
 
-
-def add_tasks_file_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tasks",
-        dest="tasks_file",
-        metavar="FILE",
-        help="YAML/JSON file with extra task definitions (same layout as the built-in task table)",
-    )
-
-
-def load_tasks_file(args: argparse.Namespace) -> None:
-    """Register the tasks of ``--tasks FILE`` (if given) before anything reads the task table."""
-    if getattr(args, "tasks_file", None):
-        TASKS.load_file(args.tasks_file)
+__all__ = ["add_tasks_file_argument", "load_tasks_file"]
 
 
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:

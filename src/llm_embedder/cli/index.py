@@ -1,5 +1,8 @@
 """``llm-embedder index``: build a persistent search index over a corpus (JSON lines, one row per line).
 
+``-o`` is an index folder (faiss + optional BM25, the embedded default) or a Milvus collection
+``milvus://HOST:PORT/COLLECTION`` (dense vectors plus Milvus' own BM25; ``--index-type flat`` or ``hnsw``).
+
 The keys are the corpus rows rendered with the task's key template (``--key-template`` to change it) and encoded
 with the task's key instruction. The folder also records the encoder, task and template, so ``llm-embedder
 search INDEX_DIR "query"`` re-creates the matching query encoder. Builds are resumable (finished shards of
@@ -19,7 +22,9 @@ from llm_embedder.retrieval.index import INDEX_TYPES, IndexParams
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("index", help="build a dense (faiss) and/or BM25 index over a corpus", description=__doc__)
     parser.add_argument("corpus", metavar="CORPUS", help="corpus JSON-lines file (row number = id; .gz accepted)")
-    parser.add_argument("-o", "--output", required=True, metavar="INDEX_DIR", help="index folder to write")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="URI", help="index folder, or milvus://HOST:PORT/COLLECTION"
+    )
     parser.add_argument("--task", required=True, help="task whose key instruction and key template are used")
     parser.add_argument("--key-template", default=None, help="how a row becomes a key, e.g. '{title} {text}'")
     parser.add_argument(
@@ -85,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             key_max_length=args.max_length,
             use_instructions=instructions_flag(args),
         )
+    if args.output.startswith("milvus://"):
+        return _index_into_store(args, embedder)
     mode = "overwrite" if args.overwrite else "update" if args.update else "create"
     manifest = build_index_folder(
         args.corpus,
@@ -105,4 +112,36 @@ def run(args: argparse.Namespace) -> int:
     dense_info = manifest.get("dense") or {}
     extra = f" ({dense_info.get('factory')}, dim {dense_info.get('dim')})" if dense_info else ""
     print(f"indexed {manifest.get('count')} rows into {args.output}: {' + '.join(parts)}{extra}")
+    return 0
+
+
+def _index_into_store(args: argparse.Namespace, embedder: object) -> int:
+    from llm_embedder.retrieval.store import open_store, split_uri
+    from llm_embedder.retrieval.store.corpus import index_corpus
+
+    if embedder is None:
+        raise UserError("a Milvus collection always holds vectors", hint="drop --index-type none")
+    if args.update:
+        raise UserError("--update is for index folders", hint="rerun without it: a Milvus index run resumes by row")
+    kind = args.index_type.lower()
+    if kind not in ("flat", "hnsw"):
+        raise UserError(f"--index-type {args.index_type} is not available for Milvus", hint="use flat or hnsw")
+    base, name = split_uri(args.output)
+    if name is None:
+        raise UserError(f"{args.output}: name the collection", hint="e.g. milvus://127.0.0.1:19530/docs")
+    with open_store(base) as store:
+        info = index_corpus(
+            args.corpus,
+            store,
+            name,
+            embedder=embedder,
+            task=args.task,
+            key_template=args.key_template,
+            index=kind,
+            overwrite=args.overwrite,
+            batch_size=args.batch_size,
+            show_progress=not args.no_progress,
+        )
+        count = store.collection(name).count()
+    print(f"indexed {count} rows into {args.output}: dense + bm25 ({info.index}, dim {info.dim})")
     return 0

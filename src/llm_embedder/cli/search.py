@@ -1,4 +1,5 @@
-"""``llm-embedder search``: query an index folder built by ``llm-embedder index``.
+"""``llm-embedder search``: query an index built by ``llm-embedder index`` - an index folder or a Milvus collection
+(``milvus://HOST:PORT/COLLECTION``).
 
 One query on the command line prints the top hits with title/text snippets. ``--queries FILE.jsonl`` (objects
 with a ``query`` field, optional ``query_id``) writes one JSON line per query: ``query_id``, ``query`` and
@@ -11,20 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from llm_embedder.cli.common import add_tasks_file_argument, load_tasks_file
 from llm_embedder.data.jsonl import iter_jsonl
 from llm_embedder.errors import DataError, UserError
-from llm_embedder.retrieval.base import Retriever, SearchResult
+from llm_embedder.retrieval.base import SearchResult
 
 SNIPPET = 200
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("search", help="search an index folder (dense, BM25 or hybrid)", description=__doc__)
-    parser.add_argument("index", metavar="INDEX_DIR", help="folder written by `llm-embedder index`")
+    parser = sub.add_parser("search", help="search an index (dense, BM25 or hybrid)", description=__doc__)
+    parser.add_argument(
+        "index", metavar="URI", help="index folder or milvus://HOST:PORT/COLLECTION written by `llm-embedder index`"
+    )
     parser.add_argument("query", nargs="?", default=None, help="a query (or use --queries)")
     parser.add_argument("--queries", metavar="FILE", default=None, help="JSON-lines file of queries")
     parser.add_argument("-o", "--output", default=None, help="write JSON-lines results here (default: stdout)")
@@ -59,57 +61,6 @@ def _read_queries(path: str) -> tuple[list[str], list[Any]]:
     return queries, ids
 
 
-def open_retriever(args: argparse.Namespace, manifest: dict[str, Any]) -> Retriever:
-    """The retriever ``--retriever`` asks for, built from the parts the index folder holds."""
-    from llm_embedder.retrieval.bm25 import BM25Retriever
-
-    kind = args.retriever
-    has_dense, has_bm25 = bool(manifest.get("dense")), bool(manifest.get("bm25"))
-    if kind == "auto":
-        kind = "dense" if has_dense else "bm25"
-    if kind in ("dense", "hybrid") and not has_dense:
-        raise UserError(f"{args.index} holds no dense index", hint="use --retriever bm25")
-    if kind in ("bm25", "hybrid") and not has_bm25:
-        raise UserError(f"{args.index} holds no BM25 index", hint="rebuild it with `llm-embedder index --bm25`")
-    parts: list[Retriever] = []
-    if kind in ("dense", "hybrid"):
-        from llm_embedder.retrieval.dense import DenseRetriever, embedder_from_manifest
-        from llm_embedder.retrieval.index import DenseIndex
-
-        index = DenseIndex.load(args.index, mmap=not args.no_mmap)
-        index.set_search_params(ef_search=args.ef_search, nprobe=args.nprobe, rerank=args.rerank)
-        embedder = embedder_from_manifest(manifest, model=args.model, device=args.device, batch_size=args.batch_size)
-        parts.append(DenseRetriever(embedder, manifest["encoder"]["task"], index=index))
-    if kind in ("bm25", "hybrid"):
-        parts.append(BM25Retriever.load(args.index, mmap=not args.no_mmap))
-    if kind == "hybrid":
-        from llm_embedder.retrieval.hybrid import HybridRetriever
-
-        return HybridRetriever(parts)
-    return parts[0]
-
-
-def _corpus_rows(args: argparse.Namespace, manifest: dict[str, Any]) -> Any:
-    import numpy as np
-
-    from llm_embedder.retrieval.index import CorpusRows
-
-    corpus = manifest.get("corpus") or {}
-    path = args.corpus or corpus.get("path")
-    if not path:
-        raise UserError(f"{args.index}: the manifest does not name its corpus", hint="pass --corpus")
-    offsets = np.load(Path(args.index) / corpus.get("offsets", "offsets.npy"), mmap_mode="r")
-    plain = Path(path).suffix != ".gz"  # a .gz corpus is smaller on disk than the bytes indexed
-    if (
-        args.corpus is None
-        and plain
-        and Path(path).is_file()
-        and Path(path).stat().st_size < int(corpus.get("bytes", 0))
-    ):
-        raise UserError(f"corpus {path} is shorter than when it was indexed", hint="rebuild the index")
-    return CorpusRows(path, offsets)
-
-
 def _hits(result: SearchResult, i: int, rows: Any) -> list[dict[str, Any]]:
     hits = result.hits(i)
     fetched = rows.get([row for row, _ in hits])
@@ -129,15 +80,26 @@ def _snippet(fields: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     load_tasks_file(args)
-    from llm_embedder.retrieval.index import read_manifest
+    from llm_embedder.retrieval.registry import open_index
 
     if (args.query is None) == (args.queries is None):
         raise UserError("give one query or --queries FILE", hint='e.g. llm-embedder search INDEX "who wrote hamlet"')
     if args.k <= 0:
         raise UserError(f"-k must be positive, got {args.k}")
-    manifest = read_manifest(args.index)
-    rows = _corpus_rows(args, manifest)
-    retriever = open_retriever(args, manifest)
+    opened = open_index(
+        args.index,
+        kind=args.retriever,
+        model=args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        corpus=args.corpus,
+        mmap=not args.no_mmap,
+        ef_search=args.ef_search,
+        nprobe=args.nprobe,
+        rerank=args.rerank,
+    )
+    rows = opened.rows
+    retriever = opened.retriever
     if args.query is not None:
         queries, ids = [args.query], [0]
     else:

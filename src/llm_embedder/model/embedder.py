@@ -19,7 +19,7 @@ import torch
 
 from llm_embedder.errors import UserError
 from llm_embedder.model.loading import resolve_model_path
-from llm_embedder.model.truncation import keep_tail, text_budget
+from llm_embedder.model.truncation import clip_chars, keep_tail, text_budget
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 from llm_embedder.tasks.spec import TaskSpec
 from llm_embedder.utils.files import write_json
@@ -296,7 +296,8 @@ class LLMEmbedder:
             show_progress_bar = len(texts) >= PROGRESS_THRESHOLD
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        texts = self.fit_texts(texts, task, side, length)
+        left = side == "query" and self.task(task).query_truncation == "left"
+        texts = self.fit_texts(clip_chars(texts, length, tail=left), task, side, length)
         if self._fast is not None:
             out = self._fast.encode(
                 [prefix + t for t in texts],

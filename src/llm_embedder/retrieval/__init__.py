@@ -13,8 +13,8 @@ from llm_embedder.retrieval.base import Retriever, SearchResult
 _LAZY = {
     "DenseIndex": "index",
     "IndexParams": "index",
-    "CorpusRows": "index",
-    "top_k_desc": "index",
+    "CorpusRows": "corpus_file",
+    "top_k_desc": "ranking",
     "DenseRetriever": "dense",
     "build_index_folder": "dense",
     "rank_candidates_dense": "dense",

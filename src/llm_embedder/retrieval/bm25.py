@@ -18,7 +18,8 @@ import numpy as np
 
 from llm_embedder.errors import UserError
 from llm_embedder.retrieval.base import SearchResult
-from llm_embedder.retrieval.index import atomic_folder, pad_result, read_manifest, top_k_desc, write_manifest
+from llm_embedder.retrieval.folder import atomic_folder, read_manifest, write_manifest
+from llm_embedder.retrieval.ranking import pad_result, top_k_desc
 
 BM25_FOLDER = "bm25"
 

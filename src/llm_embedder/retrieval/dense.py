@@ -20,22 +20,18 @@ import numpy as np
 
 from llm_embedder.errors import DataError, UserError
 from llm_embedder.retrieval.base import SearchResult
-from llm_embedder.retrieval.index import (
+from llm_embedder.retrieval.corpus_file import (
     OFFSETS_FILE,
     CorpusScan,
-    DenseIndex,
-    IndexParams,
-    atomic_folder,
     corpus_prefix_sha256,
     read_corpus_rows,
-    read_manifest,
-    recover_folder,
     scan_corpus,
-    top_k_desc,
-    write_manifest,
 )
+from llm_embedder.retrieval.folder import atomic_folder, read_manifest, recover_folder, write_manifest
+from llm_embedder.retrieval.index import DenseIndex, IndexParams
+from llm_embedder.retrieval.ranking import top_k_desc
 from llm_embedder.tasks.spec import TaskSpec
-from llm_embedder.utils.files import atomic_write, write_json
+from llm_embedder.utils.files import atomic_write, exclusive_lock, write_json
 from llm_embedder.utils.templates import render_template, template_fields
 
 if TYPE_CHECKING:
@@ -145,19 +141,24 @@ def rank_candidates_dense(
 ) -> list[list[int]]:
     """For each query, the positions of its own candidates (chat history, lrlm chunks), best first.
 
-    All queries and all candidates are encoded in two batched calls; ties keep the original order.
+    Candidates repeat across records (shared history, overlapping chunks), so each distinct text is encoded once;
+    all queries and all distinct candidates are encoded in two batched calls; ties keep the original order.
     """
     if len(queries) != len(candidate_lists):
         raise UserError(f"{len(queries)} queries but {len(candidate_lists)} candidate lists")
+    distinct: dict[str, int] = {}
+    for cands in candidate_lists:
+        for text in cands:
+            distinct.setdefault(text, len(distinct))
     q = embedder.encode_queries(list(queries), task=task, batch_size=batch_size)
-    flat = [c for cands in candidate_lists for c in cands]
-    keys = embedder.encode_keys(flat, task=task, batch_size=batch_size)
+    keys = embedder.encode_keys(list(distinct), task=task, batch_size=batch_size)
     out: list[list[int]] = []
-    start = 0
     for i, cands in enumerate(candidate_lists):
-        block = keys[start : start + len(cands)]
-        start += len(cands)
-        out.append(top_k_desc(block @ q[i], len(cands)).tolist() if len(cands) else [])
+        if not cands:
+            out.append([])
+            continue
+        sims = keys[[distinct[t] for t in cands]] @ q[i]
+        out.append(top_k_desc(sims, len(cands)).tolist())
     return out
 
 
@@ -180,6 +181,9 @@ def _encoder_section(embedder: Any, spec: TaskSpec, key_template: str) -> dict[s
         "query_instruction": embedder.instruction(spec.name, "query"),
         "key_instruction": embedder.instruction(spec.name, "key"),
         "use_instructions": bool(getattr(embedder, "use_instructions", True)),
+        # vectors of one model in fp32 and bf16 (or torch and onnx-int8) differ: never mix them in one index
+        "dtype": str(getattr(embedder, "dtype", "fp32")),
+        "backend": str(getattr(embedder, "backend", "torch")),
         "query_max_length": getattr(embedder, "query_max_length", None),
         "key_max_length": getattr(embedder, "key_max_length", None),
         "dim": int(embedder.dim),
@@ -285,9 +289,45 @@ def build_index_folder(
     appended to the corpus since the index was built (the earlier bytes must be unchanged) and adds them.
     ``embedder`` is an :class:`LLMEmbedder` (anything with ``encode_keys``, ``instruction``, ``task``, ``dim``).
     """
+    # One writer per index for the whole run: two builds into one folder would share the partial shards.
+    with exclusive_lock(output, what="index"):
+        return _build_index_folder(
+            corpus,
+            Path(output),
+            embedder=embedder,
+            task=task,
+            key_template=key_template,
+            params=params,
+            dense=dense,
+            bm25=bm25,
+            bm25_stemmer=bm25_stemmer,
+            mode=mode,
+            shard_size=shard_size,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            log=log,
+        )
+
+
+def _build_index_folder(
+    corpus: str | os.PathLike[str],
+    output: Path,
+    *,
+    embedder: Any | None,
+    task: str,
+    key_template: str | None,
+    params: IndexParams | None,
+    dense: bool,
+    bm25: bool,
+    bm25_stemmer: str | None,
+    mode: BuildMode,
+    shard_size: int,
+    batch_size: int | None,
+    show_progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     from llm_embedder.tasks.registry import TASKS
 
-    output = Path(output)
     params = params or IndexParams()
     if not dense and not bm25:
         raise UserError("nothing to build", hint="keep the dense index or add --bm25")
@@ -408,10 +448,12 @@ def _check_update(
     old_encoder = previous.get("encoder") or {}
     if dense and embedder is not None:
         now = _encoder_section(embedder, spec, key_template)
-        for field in ("model", "task", "key_instruction", "use_instructions", "dim"):
-            if old_encoder.get(field) != now.get(field):
+        defaults = {"dtype": "fp32", "backend": "torch"}  # what indexes written before they were recorded used
+        for field in ("model", "task", "key_instruction", "use_instructions", "dim", "dtype", "backend"):
+            if old_encoder.get(field, defaults.get(field)) != now.get(field):
                 raise UserError(
-                    f"the index was built with {field} {old_encoder.get(field)!r}, now {now.get(field)!r}",
+                    f"the index was built with {field} {old_encoder.get(field, defaults.get(field))!r}, "
+                    f"now {now.get(field)!r}",
                     hint="update with the same encoder and task, or pass --overwrite",
                 )
     return old_rows

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from llm_embedder.errors import UserError
 from llm_embedder.retrieval.base import SearchResult
-from llm_embedder.retrieval.index import pad_result
+from llm_embedder.retrieval.ranking import pad_result
 
 #: the RRF constant of the paper
 K_RRF = 60

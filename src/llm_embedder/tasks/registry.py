@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 from collections.abc import Iterator, Mapping
@@ -131,3 +132,19 @@ def register_task(
 def load_task_file(path: str | Path) -> list[str]:
     """Register the tasks of a YAML/JSON file in the default registry; returns their names."""
     return TASKS.load_file(path)
+
+
+# The --tasks option of every command that reads the task table (commands and builders share it; no CLI import).
+def add_tasks_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tasks",
+        dest="tasks_file",
+        metavar="FILE",
+        help="YAML/JSON file with extra task definitions (same layout as the built-in task table)",
+    )
+
+
+def load_tasks_file(args: argparse.Namespace) -> None:
+    """Register the tasks of ``--tasks FILE`` (if given) before anything reads the task table."""
+    if getattr(args, "tasks_file", None):
+        TASKS.load_file(args.tasks_file)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -272,6 +273,11 @@ class MilvusCollection(Collection):
             ranked.sort(key=lambda r: (-r[0], r[1]))
             out.append([Hit(doc, score) for score, _, doc in ranked[:k]])
         return out
+
+    def tune(self, *, ef_search: int | None = None) -> None:
+        """Trade recall for speed at query time (HNSW ``ef``), for this client."""
+        if ef_search is not None:
+            self.info = replace(self.info, extra={**self.info.extra, "ef_search": int(ef_search)})
 
     def _search_params(self) -> dict[str, Any]:
         if self.info.index == "hnsw":
