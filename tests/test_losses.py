@@ -70,11 +70,14 @@ def loop_kl(queries, keys, teacher, group, teacher_temperature=0.1):
     return sum(losses) / len(losses)
 
 
-def loop_stabilized(queries, keys, teacher, group, alpha=1.0):
+def loop_stabilized(queries, keys, teacher, group, alpha=1.0, positive_rank="reference"):
     losses = []
     for i in range(len(queries)):
         rewards = [float(x) for x in teacher[i]]
-        ranked = sorted(range(group), key=lambda j: -rewards[j])  # p_1 >= p_2 >= ... (stable)
+        if positive_rank == "reward":
+            ranked = sorted(range(group), key=lambda j: -rewards[j])  # p_1 >= p_2 >= ... (stable)
+        else:  # the labelled positive stays p_1, the negatives by reward (the authors' code)
+            ranked = [0, *sorted(range(1, group), key=lambda j: -rewards[j])]
         weights = [math.exp(r / alpha - logsumexp([x / alpha for x in rewards])) for r in rewards]
         others = [cos(queries[i], keys[k]) / TAU for k in range(len(keys)) if k // group != i]
         total = 0.0
@@ -91,10 +94,16 @@ CASES = [
     (KLDistillationLoss(teacher_temperature=0.1, temperature=TAU), loop_kl),
     (StabilizedDistillationLoss(alpha=1.0, temperature=TAU), loop_stabilized),
     (StabilizedDistillationLoss(alpha=0.5, temperature=TAU), lambda *a: loop_stabilized(*a, alpha=0.5)),
+    (
+        StabilizedDistillationLoss(positive_rank="reward", temperature=TAU),
+        lambda *a: loop_stabilized(*a, positive_rank="reward"),
+    ),
 ]
 
 
-@pytest.mark.parametrize("loss, reference", CASES, ids=["contrastive", "kl", "stabilized", "stabilized-alpha"])
+@pytest.mark.parametrize(
+    "loss, reference", CASES, ids=["contrastive", "kl", "stabilized", "stabilized-alpha", "stabilized-reward-rank"]
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_loss_matches_per_query_formula(loss, reference, seed):
     queries, keys, teacher = random_step(seed=seed)
@@ -121,11 +130,13 @@ def test_stabilized_with_one_hot_reward_is_infonce():
     assert float(stabilized) == pytest.approx(float(infonce), rel=1e-12)
 
 
-def test_stabilized_sorts_by_reward():
-    """The group's order must not matter: the loss ranks by reward (a variant without the sort is not rank-aware)."""
+@pytest.mark.parametrize(("rank", "perm"), [("reference", [0, 3, 1, 2]), ("reward", [2, 0, 3, 1])])
+def test_stabilized_sorts_by_reward(rank, perm):
+    """The order of what is ranked by reward must not matter (a variant without the sort is not rank-aware): the
+    negatives' order (reference: the positive stays first), the whole group's order (reward)."""
     queries, keys, teacher = random_step(n=3, group=4, seed=4)
-    loss = StabilizedDistillationLoss(temperature=TAU)
-    perm = torch.tensor([2, 0, 3, 1])
+    loss = StabilizedDistillationLoss(temperature=TAU, positive_rank=rank)
+    perm = torch.tensor(perm)
     shuffled_keys = keys.view(3, 4, -1)[:, perm].reshape(12, -1)
     a = loss.calculate_loss([[queries], [keys]], teacher)
     b = loss.calculate_loss([[queries], [shuffled_keys]], teacher[:, perm])

@@ -103,6 +103,21 @@ def test_reward_keys_are_cut_to_512_llm_tokens_by_default(tokenizer):
     assert context.startswith("Knowledge: " + cut.strip() + "\n\nQuestion: q")
 
 
+def test_every_front_door_scores_with_the_512_token_key_budget():
+    import argparse
+    import inspect
+
+    from llm_embedder.cli import score as score_cli
+    from llm_embedder.pipeline.config import ScoreConfig
+    from llm_embedder.reward import RewardScorer
+
+    parser = argparse.ArgumentParser()
+    score_cli.register(parser.add_subparsers())
+    assert parser.parse_args(["score", "in.jsonl", "-o", "out.jsonl"]).max_key_tokens == 512
+    assert inspect.signature(RewardScorer).parameters["max_key_tokens"].default == 512
+    assert ScoreConfig().max_key_tokens == 512
+
+
 # ------------------------------------------------------------------------------------------------ --tasks edits
 def test_a_tasks_edit_changes_reward_and_evaluation_prompts(tokenizer, tmp_path, monkeypatch):
     """One template in the task table drives the reward and the downstream evaluation (no copy in evaluation/)."""
@@ -145,3 +160,12 @@ def test_a_tasks_edit_changes_reward_and_evaluation_prompts(tokenizer, tmp_path,
     ChatEvaluator(tasks.get("chat"), settings).evaluate([turn], [[RetrievedKey(turn.history[0], 0)]], FakeLM())
     text = tokenizer.decode(captured[0].context_ids + captured[0].target_ids)
     assert text == "Speaker 1: a\nSpeaker 2: b\nUser: hi\nBot: hello"
+
+
+def test_docstring_example():
+    import doctest
+
+    from llm_embedder.prompts import render
+
+    result = doctest.testmod(render, verbose=False)
+    assert result.attempted > 0 and result.failed == 0

@@ -8,6 +8,7 @@ names an entry of :mod:`llm_embedder.evaluation.downstream.registry`.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError
 from llm_embedder.prompts import RenderedPrompt, RetrievedKey, render_prompt
+from llm_embedder.tasks.registry import TASKS
 from llm_embedder.tasks.spec import TaskSpec
 
 
@@ -65,6 +67,7 @@ class DownstreamEvaluator(ABC):
     def __init__(self, spec: TaskSpec, settings: DownstreamSettings | None = None) -> None:
         self.spec = spec
         self.settings = settings or DownstreamSettings()
+        self.prompt_spec = prompt_spec(spec)
 
     @property
     def top_k(self) -> int:
@@ -75,7 +78,7 @@ class DownstreamEvaluator(ABC):
     ) -> RenderedPrompt:
         """The task's prompt (its task-table template) with the top-k ``keys`` fitted to ``max_prompt_tokens``."""
         return render_prompt(
-            self.spec,
+            self.prompt_spec,
             record.query,
             list(keys[: self.top_k]),
             tokenizer=tokenizer,
@@ -93,6 +96,19 @@ class DownstreamEvaluator(ABC):
         self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
     ) -> dict[str, float]:
         """Metrics over all records; ``retrieved[i]`` holds record i's keys, most relevant first (maybe empty)."""
+
+
+def prompt_spec(spec: TaskSpec) -> TaskSpec:
+    """The task whose prompt a scenario renders: ``spec`` itself when it has a template; otherwise ``spec`` with the
+    prompt (template, key separator, key order) of the task its scenario is named after - a user's task declared with
+    ``evaluation.downstream: qa`` and no template reads like the qa task of the same table."""
+    if spec.reward.template or spec.evaluation.downstream not in TASKS:
+        return spec
+    scenario = TASKS.get(spec.evaluation.downstream).reward
+    reward = dataclasses.replace(
+        spec.reward, template=scenario.template, key_separator=scenario.key_separator, key_order=scenario.key_order
+    )
+    return dataclasses.replace(spec, reward=reward)
 
 
 def record_error(record: Record, message: str, field: str | None = None, hint: str | None = None) -> DataError:
