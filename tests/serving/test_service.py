@@ -56,6 +56,8 @@ def test_collections_list_conflict_drop(service, serve_embedder):
     service.drop_collection("kb")
     assert service.list_collections() == []
     assert service.create_collection("big", "qa", index="hnsw")["index"] == "hnsw"
+    with pytest.raises(Conflict, match="collection 'big' exists with task 'qa' and index 'hnsw'"):
+        service.create_collection("big", "qa")
     with pytest.raises(UserError, match="unknown index 'annoy'"):
         service.create_collection("other", "qa", index="annoy")
     with pytest.raises(NotFound, match="unknown collection 'kb'"):

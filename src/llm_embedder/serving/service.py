@@ -271,10 +271,15 @@ class RetrievalService:
         spec = self._task(task)
         with self._create_lock:
             for info in self.store.list_collections():
-                if info.name == name and info.task != spec.name:
+                if info.name == name and (info.task, info.index) != (spec.name, index):
                     raise Conflict(
-                        f"collection {name!r} exists with task {info.task!r}",
+                        f"collection {name!r} exists with task {info.task!r} and index {info.index!r}",
                         hint="drop it first or choose another name",
+                    )
+                if info.name == name and info.encoder != self.embedder.fingerprint:
+                    raise Conflict(
+                        f"collection {name!r} holds vectors of another encoder ({info.encoder})",
+                        hint="serve it with that encoder, or drop it and ingest again",
                     )
             if not isinstance(index, str):
                 raise UserError(f"index must be a string, got {type(index).__name__}")
