@@ -319,3 +319,5 @@ def test_generate_with_an_lm(make_service, tmp_path):
         result["answer"]
         == generator.tokenizer.decode(expected[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     )
+    assert result["answer"].strip()  # random weights, but some text
+    assert [r["answers"] for r in service.export_feedback("kb")] == [[result["answer"]]]  # recorded as the feedback

@@ -582,8 +582,10 @@ class RetrievalService:
             }
         self.feedback_log.record_augment(augment_id, entries)
         result: dict[str, Any] = {"augment_id": augment_id, "prompt": prompt, "hits": out_hits}
-        if generate:
+        if generate:  # the LM's answer is the feedback unless the application sends another one later
             result["answer"] = self.lm(prompt)
+            if result["answer"].strip():
+                self.feedback_log.record_answer(augment_id, result["answer"])
         return result
 
     def _plan(self, i: int, source: Any, query: str, conversation: str | None) -> dict[str, Any]:
