@@ -145,6 +145,72 @@ def _validation_line(exc: RequestValidationError) -> str:
     return f"field '{field}': {message}{more}; see /docs for the request schema"
 
 
+class BodyTooLarge(Exception):
+    """A body without Content-Length grew past the limit while it was read."""
+
+
+class Guard:
+    """API key, body size limit and request metrics, as a plain ASGI middleware.
+
+    Why not ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware`` runs every request through an extra task
+    and memory stream, a cost paid on each call of a latency-bound service. Here the checks touch only the scope and
+    wrap ``receive`` (a chunked body is counted as it streams; past the limit :class:`BodyTooLarge` is raised from
+    the body read and answered 413 by the app's handler) and ``send`` (for the status of the metrics).
+    """
+
+    def __init__(self, app: Any, *, api_key: str | None, limit: int, metrics: Any) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key is not None else None
+        self.limit = limit
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        where = f"{scope['method']} {scope['path']}"
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
+            given = headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else headers.get("x-api-key", "")
+            if not hmac.compare_digest(token.encode(), self.api_key):
+                what = "wrong API key" if token else "missing API key"
+                self.metrics.requests.labels("unauthorized", "401").inc()
+                line = f"{where}: {what}; send 'Authorization: Bearer KEY' with the server's --api-key"
+                await _error(401, line)(scope, receive, send)
+                return
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            self.metrics.requests.labels("too_large", "413").inc()
+            line = f"{where}: body of {length} bytes is over the limit of {self.limit}; send smaller batches"
+            await _error(413, line)(scope, receive, send)
+            return
+        received = 0
+        status = 500
+
+        async def counted_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(f"body is over the limit of {self.limit} bytes")
+            return message
+
+        async def status_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, counted_receive, status_send)
+        name = getattr(scope.get("route"), "path", "unmatched")
+        if status != 413:  # counted by the handler
+            self.metrics.requests.labels(name, str(status)).inc()
+        self.metrics.request_seconds.labels(name).observe(time.perf_counter() - start)
+
+
 def create_app(service: RetrievalService, *, api_key: str | None = None) -> FastAPI:
     """The FastAPI application over ``service`` (``api_key``: required as ``Authorization: Bearer KEY``)."""
     app = FastAPI(
@@ -153,40 +219,14 @@ def create_app(service: RetrievalService, *, api_key: str | None = None) -> Fast
         version="0.1.0",
     )
     app.state.service = service
-    limit = service.limits.max_body_bytes
     metrics = service.metrics
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        where = f"{request.method} {request.url.path}"
-        response: Response
-        if api_key is not None and request.url.path not in OPEN_PATHS:
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-            if not hmac.compare_digest(token.encode(), api_key.encode()):
-                what = "wrong API key" if token else "missing API key"
-                response = _error(401, f"{where}: {what}; send 'Authorization: Bearer KEY' with the server's --api-key")
-                metrics.requests.labels("unauthorized", "401").inc()
-                return response
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            metrics.requests.labels("too_large", "413").inc()
-            return _error(413, f"{where}: body of {length} bytes is over the limit of {limit}; send smaller batches")
-        if length is None and request.method in ("POST", "PUT", "PATCH", "DELETE"):
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    metrics.requests.labels("too_large", "413").inc()
-                    return _error(413, f"{where}: body is over the limit of {limit} bytes; send smaller batches")
-            request._body = body  # read once here; the route reads the cached body
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        metrics.request_seconds.labels(name).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(Guard, api_key=api_key, limit=service.limits.max_body_bytes, metrics=metrics)
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        metrics.requests.labels("too_large", "413").inc()
+        return _error(413, f"{request.method} {request.url.path}: {exc}; send smaller batches")
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
@@ -207,6 +247,8 @@ def create_app(service: RetrievalService, *, api_key: str | None = None) -> Fast
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI wraps errors of the body read in a 400
+            return await too_large(request, exc.__cause__)
         hint = "; see /docs for the routes" if exc.status_code in (404, 405) else ""
         return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}{hint}")
 
