@@ -21,6 +21,7 @@ from llm_embedder.errors import UserError
 from llm_embedder.lm.loading import BUNDLED_LMS, DEFAULT_LM, resolve_lm
 from llm_embedder.lm.precision import DEFAULT_SCORING_DTYPE, LM_DTYPES
 from llm_embedder.tasks.registry import TASKS
+from llm_embedder.tasks.spec import DEFAULT_MAX_KEY_TOKENS
 
 if TYPE_CHECKING:
     from llm_embedder.reward.distributed import DistributedContext
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-key-tokens",
         type=int,
-        default=None,
+        default=DEFAULT_MAX_KEY_TOKENS,
         help="truncate each candidate to this many LM tokens (default 512, as the reference)",
     )
     parser.add_argument("--max-length", type=int, default=None, help="longest prompt in tokens (default: the LM's)")
@@ -104,13 +105,11 @@ def _lm_identity(name: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_embedder.prompts import DEFAULT_MAX_KEY_TOKENS, split_template
+    from llm_embedder.prompts import split_template
     from llm_embedder.reward.distributed import DistributedContext
     from llm_embedder.reward.resumable import precheck_file, score_lock
 
     load_tasks_file(args)
-    if args.max_key_tokens is None:
-        args.max_key_tokens = DEFAULT_MAX_KEY_TOKENS
     template = _unescape(args.template) if args.template is not None else None
     if template is not None:
         split_template(template)

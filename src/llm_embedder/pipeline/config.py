@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from llm_embedder.errors import UserError
+from llm_embedder.tasks.spec import DEFAULT_MAX_KEY_TOKENS
 from llm_embedder.training.config import recipe_section
 from llm_embedder.utils.dataclass_build import build_dataclass, check_field_types
 from llm_embedder.utils.paths import check_name
@@ -47,7 +48,7 @@ class ScoreConfig:
     #: None = the LM device's default (lm.likelihood.DEFAULT_TOKEN_BUDGET: 1024 on CPU, 8192 on GPU)
     token_budget: int | None = None
     max_batch_size: int = 64
-    max_key_tokens: int = 512
+    max_key_tokens: int = DEFAULT_MAX_KEY_TOKENS
     #: LM precision (``lm.precision``): auto = bf16-mixed where bf16 is native (same rankings as fp32), else fp32
     dtype: str = "auto"
     #: also score the dev records of reward tasks that have no labelled positives (chat, lrlm, icl), so they get

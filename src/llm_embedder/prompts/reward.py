@@ -36,10 +36,7 @@ from llm_embedder.lm.likelihood import ScoringRequest, build_request, tokenizer_
 from llm_embedder.prompts.budget import TokenBudget
 from llm_embedder.prompts.render import render_prompt
 from llm_embedder.prompts.template import split_template
-from llm_embedder.tasks.spec import TaskSpec
-
-#: the reference's key budget (tokens of the LLM's tokenizer)
-DEFAULT_MAX_KEY_TOKENS = 512
+from llm_embedder.tasks.spec import DEFAULT_MAX_KEY_TOKENS, TaskSpec
 
 
 @dataclass

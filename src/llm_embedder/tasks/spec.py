@@ -36,6 +36,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: reward prompts cut each candidate key to this many LLM tokens (the reference's 512); here, not in prompts/, so the
+#: command line reads it without importing torch
+DEFAULT_MAX_KEY_TOKENS = 512
+
 #: the loss registry's built-in names (``llm_embedder.training.losses.LOSSES``; a test keeps the two equal). Kept here
 #: so that reading the task table never imports torch (``llm-embedder --help`` stays instant).
 BUILTIN_LOSSES: tuple[str, ...] = ("contrastive", "kl_distillation", "stabilized_distillation")
