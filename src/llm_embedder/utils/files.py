@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -74,6 +75,41 @@ def _drop_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
+#: how long a lock whose recorded holder is dead may stay held (by a child forked an instant before the kill)
+DEAD_HOLDER_GRACE_SECONDS = 10.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _flock_unless_alive(fd: int) -> None:
+    """``flock`` without blocking, except while the recorded holder is dead.
+
+    A child forked an instant before its parent was killed holds the inherited lock until it runs its at-fork handler
+    (which closes it); that takes a scheduler slice, so a rerun started right after the kill waits for it briefly
+    instead of being refused by a run that no longer exists.
+    """
+    deadline = time.monotonic() + DEAD_HOLDER_GRACE_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                raise
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            if holder.isdigit() and _pid_alive(int(holder)):
+                raise
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike[str], *, what: str = "output") -> Iterator[Path]:
     """Hold an exclusive lock on ``path`` (a ``<path>.lock`` file beside it) for the whole block.
@@ -96,7 +132,7 @@ def exclusive_lock(path: str | os.PathLike[str], *, what: str = "output") -> Ite
                 hint="choose an output path in a folder you can write to",
             ) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_unless_alive(fd)
         except OSError as exc:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
