@@ -117,7 +117,6 @@ class Collection(ABC):
     def count(self, *, scope: str | None = DEFAULT_SCOPE) -> int:
         """Documents in ``scope``; ``scope=None`` counts every scope (for operators, never for a tenant)."""
 
-    @abstractmethod
     def search(
         self,
         *,
@@ -132,9 +131,19 @@ class Collection(ABC):
         """The top ``k`` documents of ``scope`` that match ``filter``.
 
         ``dense`` needs ``vector`` (the query encoded by the encoder named ``encoder``, which must equal
-        ``info.encoder``); ``bm25`` needs ``text``; ``hybrid`` needs both.
+        ``info.encoder``); ``bm25`` needs ``text``; ``hybrid`` needs both. One query of :meth:`search_many`.
         """
+        return self.search_many(
+            vectors=None if vector is None else np.atleast_2d(vector),
+            texts=None if text is None else [text],
+            encoder=encoder,
+            k=k,
+            mode=mode,
+            filter=filter,
+            scope=scope,
+        )[0]
 
+    @abstractmethod
     def search_many(
         self,
         *,
@@ -146,20 +155,7 @@ class Collection(ABC):
         filter: Filter | None = None,
         scope: str = DEFAULT_SCOPE,
     ) -> list[list[Hit]]:
-        """:meth:`search` for a batch of queries (backends override it with one batched call)."""
-        n = len(vectors) if vectors is not None else len(texts or [])
-        return [
-            self.search(
-                vector=None if vectors is None else vectors[i],
-                text=None if texts is None else texts[i],
-                encoder=encoder,
-                k=k,
-                mode=mode,
-                filter=filter,
-                scope=scope,
-            )
-            for i in range(n)
-        ]
+        """:meth:`search` for a batch of queries (row i of ``vectors`` with ``texts[i]``), in one backend call."""
 
 
 class Store(ABC):

@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ from llm_embedder.errors import UserError
 from llm_embedder.retrieval.base import SearchResult
 from llm_embedder.retrieval.store.base import (
     DEFAULT_SCOPE,
-    SEARCH_MODES,
     Collection,
     CollectionInfo,
     Document,
@@ -49,7 +48,18 @@ from llm_embedder.retrieval.store.base import (
     SearchMode,
     Store,
 )
-from llm_embedder.retrieval.store.filters import FIELD_NAME, matches, parse_filter, validate_metadata
+from llm_embedder.retrieval.store.checks import (
+    check_delete_selector,
+    check_documents,
+    check_name,
+    check_scope,
+    check_search_batch,
+    check_vectors,
+    info_from_json,
+    info_to_json,
+    same_settings,
+)
+from llm_embedder.retrieval.store.filters import matches, parse_filter
 
 DB_NAME = "store.sqlite"
 #: dense index settings an embedded collection accepts (``CollectionInfo.index``)
@@ -86,100 +96,6 @@ def _faiss() -> Any:
     import faiss
 
     return faiss
-
-
-def check_name(name: str) -> str:
-    """Collection names are identifiers (the same rule as Milvus), so a name never becomes a path or an injection."""
-    if not isinstance(name, str) or not FIELD_NAME.match(name) or len(name) > 255:
-        raise UserError(f"collection name {name!r} is not an identifier", hint="use letters, digits and underscores")
-    return name
-
-
-def check_scope(scope: Any) -> str:
-    if not isinstance(scope, str):
-        raise UserError(f"scope must be a string, got {type(scope).__name__}")
-    return scope
-
-
-def check_vectors(info: CollectionInfo, vectors: Any, encoder: str | None, n: int | None, what: str) -> np.ndarray:
-    """The contract's checks on vectors, shared by every backend: encoder, shape, finite, unit length."""
-    if encoder != info.encoder:
-        raise UserError(
-            f"collection {info.name!r} holds vectors of encoder {info.encoder!r}; {what} came from {encoder!r}",
-            hint="encode with the collection's encoder, or create another collection",
-        )
-    array = np.asarray(vectors, dtype=np.float32)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2 or array.shape[1] != info.dim or (n is not None and array.shape[0] != n):
-        raise UserError(
-            f"collection {info.name!r} expects {'' if n is None else f'{n} '}vectors of dimension {info.dim}, "
-            f"{what} have shape {tuple(array.shape)}"
-        )
-    if not np.isfinite(array).all():
-        raise UserError(f"{what} contain NaN or inf values", hint="check the encoder's output")
-    norms = np.linalg.norm(array, axis=1)
-    if len(norms) and np.abs(norms - 1.0).max() > 1e-3:
-        raise UserError(f"{what} are not L2-normalised", hint="normalise them (LLMEmbedder does)")
-    return np.ascontiguousarray(array)
-
-
-def check_documents(documents: Sequence[Document]) -> list[Document]:
-    seen: set[str] = set()
-    out = []
-    for i, doc in enumerate(documents):
-        if not isinstance(doc, Document):
-            raise UserError(f"document {i} is a {type(doc).__name__}, expected a Document")
-        if not isinstance(doc.id, str) or not doc.id:
-            raise UserError(f"document {i}: id must be a non-empty string, got {doc.id!r}")
-        if doc.id in seen:
-            raise UserError(f"document id {doc.id!r} appears twice in one upsert", hint="send each id once")
-        seen.add(doc.id)
-        if not isinstance(doc.text, str) or not isinstance(doc.title, str):
-            raise UserError(f"document {doc.id!r}: text and title must be strings")
-        validate_metadata(doc.metadata, f"document {doc.id!r}")
-        out.append(doc)
-    return out
-
-
-def check_search_args(
-    info: CollectionInfo, mode: str, vector: Any, text: Any, encoder: str | None, k: int
-) -> np.ndarray | None:
-    if mode not in SEARCH_MODES:
-        raise UserError(f"unknown search mode {mode!r}", hint=f"choose {', '.join(SEARCH_MODES)}")
-    if int(k) <= 0:
-        raise UserError(f"k must be positive, got {k}")
-    if mode in ("dense", "hybrid") and vector is None:
-        raise UserError(f"{mode} search needs a query vector")
-    if mode in ("bm25", "hybrid") and not isinstance(text, str):
-        raise UserError(f"{mode} search needs a query text")
-    if mode in ("dense", "hybrid"):
-        return check_vectors(info, vector, encoder, None, "query vectors")
-    return None
-
-
-def check_delete_selector(ids: Sequence[str] | None, filter: Filter | None) -> None:
-    if not ids and not filter:
-        raise UserError(
-            "delete needs ids or a filter", hint="an empty selector would delete the whole scope; name what to delete"
-        )
-
-
-def info_to_json(info: CollectionInfo) -> str:
-    return json.dumps(asdict(info), sort_keys=True)
-
-
-def info_from_json(text: str) -> CollectionInfo:
-    try:
-        raw = json.loads(text)
-        known = set(CollectionInfo.__dataclass_fields__)
-        return CollectionInfo(**{k: v for k, v in raw.items() if k in known})
-    except (json.JSONDecodeError, TypeError, AttributeError):
-        raise UserError(f"unreadable collection record {text[:80]!r}", hint="the store was not written by us") from None
-
-
-def same_settings(a: CollectionInfo, b: CollectionInfo) -> bool:
-    return (a.task, a.encoder, a.dim, a.index) == (b.task, b.encoder, b.dim, b.index)
 
 
 class _DenseCache:
@@ -483,27 +399,6 @@ class EmbeddedCollection(Collection):
                 return sum(cache.scope_live.values())
             return cache.scope_live.get(check_scope(scope), 0)
 
-    def search(
-        self,
-        *,
-        vector: np.ndarray | None = None,
-        text: str | None = None,
-        encoder: str | None = None,
-        k: int = 10,
-        mode: SearchMode = "dense",
-        filter: Filter | None = None,
-        scope: str = DEFAULT_SCOPE,
-    ) -> list[Hit]:
-        return self.search_many(
-            vectors=None if vector is None else np.atleast_2d(vector),
-            texts=None if text is None else [text],
-            encoder=encoder,
-            k=k,
-            mode=mode,
-            filter=filter,
-            scope=scope,
-        )[0]
-
     def search_many(
         self,
         *,
@@ -515,15 +410,7 @@ class EmbeddedCollection(Collection):
         filter: Filter | None = None,
         scope: str = DEFAULT_SCOPE,
     ) -> list[list[Hit]]:
-        scope = check_scope(scope)
-        if mode in ("bm25", "hybrid") and (texts is None or isinstance(texts, str)):
-            raise UserError(f"{mode} search needs query texts")
-        for t in texts or []:
-            if not isinstance(t, str):
-                raise UserError(f"query texts must be strings, got {type(t).__name__}")
-        queries = check_search_args(
-            self.info, mode, vectors, (texts or [""])[0] if mode != "dense" else None, encoder, k
-        )
+        scope, queries = check_search_batch(self.info, mode, vectors, texts, encoder, k, scope)
         n = len(queries) if queries is not None else len(texts or [])
         if queries is not None and texts is not None and mode == "hybrid" and len(texts) != n:
             raise UserError(f"{n} query vectors but {len(texts)} query texts")

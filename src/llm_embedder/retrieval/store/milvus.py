@@ -42,12 +42,12 @@ from llm_embedder.retrieval.store.base import (
     SearchMode,
     Store,
 )
-from llm_embedder.retrieval.store.embedded import (
+from llm_embedder.retrieval.store.checks import (
     check_delete_selector,
     check_documents,
     check_name,
     check_scope,
-    check_search_args,
+    check_search_batch,
     check_vectors,
     info_from_json,
     info_to_json,
@@ -182,27 +182,6 @@ class MilvusCollection(Collection):
         rows = self.client.query(self.info.name, filter=expr, output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
-    def search(
-        self,
-        *,
-        vector: np.ndarray | None = None,
-        text: str | None = None,
-        encoder: str | None = None,
-        k: int = 10,
-        mode: SearchMode = "dense",
-        filter: Filter | None = None,
-        scope: str = DEFAULT_SCOPE,
-    ) -> list[Hit]:
-        return self.search_many(
-            vectors=None if vector is None else np.atleast_2d(vector),
-            texts=None if text is None else [text],
-            encoder=encoder,
-            k=k,
-            mode=mode,
-            filter=filter,
-            scope=scope,
-        )[0]
-
     def search_many(
         self,
         *,
@@ -214,15 +193,7 @@ class MilvusCollection(Collection):
         filter: Filter | None = None,
         scope: str = DEFAULT_SCOPE,
     ) -> list[list[Hit]]:
-        scope = check_scope(scope)
-        if mode in ("bm25", "hybrid") and (texts is None or isinstance(texts, str)):
-            raise UserError(f"{mode} search needs query texts")
-        for t in texts or []:
-            if not isinstance(t, str):
-                raise UserError(f"query texts must be strings, got {type(t).__name__}")
-        queries = check_search_args(
-            self.info, mode, vectors, (texts or [""])[0] if mode != "dense" else None, encoder, k
-        )
+        scope, queries = check_search_batch(self.info, mode, vectors, texts, encoder, k, scope)
         expr = self._expr(scope, filter)
         k = int(k)
         n = len(queries) if queries is not None else len(texts or [])
