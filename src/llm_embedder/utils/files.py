@@ -18,7 +18,13 @@ from llm_embedder.errors import UserError
 
 
 def _umask() -> int:
-    # os.umask can only be read by setting it; put it straight back (single call pair, no I/O in between).
+    """The process umask. Linux reports it in /proc (read-only, safe with the server's threads); elsewhere it can
+    only be read by setting it, so it is put straight back."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
