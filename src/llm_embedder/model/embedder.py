@@ -33,7 +33,7 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROGRESS_THRESHOLD = 1000
 #: hub models known to have been trained with the paper's task instructions (a folder saved by ``train`` says so in
 #: ``llm_embedder.json`` instead). Any other model encodes plain text unless asked: instructions it never saw in
-#: training cost the bundled MiniLM up to two thirds of its nDCG@10 (docs/results.md, "Instructions and the base").
+#: training cost the bundled MiniLM up to two thirds of its nDCG@10 (README, "Which models get the instructions").
 INSTRUCTION_TRAINED_MODELS = frozenset({"BAAI/llm-embedder"})
 
 
