@@ -25,20 +25,22 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
+def _utf8(raw: bytes, path: str | os.PathLike[str], lineno: int | None) -> str:
+    """``raw`` decoded as UTF-8, or a :class:`DataError` naming the file, line and byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            str(path), lineno, f"not valid UTF-8 (byte {exc.start})", hint="re-encode the file as UTF-8"
+        ) from None
+
+
 def decode_json_line(
     raw: bytes | str, path: str | os.PathLike[str], lineno: int | None, *, objects: bool = True
 ) -> Any:
     """One line of a JSON-lines file decoded, or a :class:`DataError` naming the file and line (the project's only
     JSON-lines decoder: records, corpora, dialogues, tool lists and index rows all come through here)."""
-    if isinstance(raw, bytes):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                str(path), lineno, f"not valid UTF-8 (byte {exc.start})", hint="re-encode the file as UTF-8"
-            ) from None
-    else:
-        text = raw
+    text = _utf8(raw, path, lineno) if isinstance(raw, bytes) else raw
     try:
         value = json.loads(text.lstrip("\ufeff"))
     except json.JSONDecodeError as exc:
@@ -85,12 +87,7 @@ def iter_json_lines(
     seen = 0
     with readable_gzip(path), _open_binary(path) as handle:
         for lineno, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    str(path), lineno, f"not valid UTF-8 (byte {exc.start})", hint="re-encode the file as UTF-8"
-                ) from None
+            text = _utf8(raw, path, lineno)
             if not text.lstrip("\ufeff").strip():
                 continue
             value = decode_json_line(text, path, lineno, objects=objects)
