@@ -41,7 +41,12 @@ def build_paths(names: list[str], batch_size: int) -> dict[str, LLMEmbedder]:
         "onnx": {"backend": "onnx"},
         "onnx-int8": {"backend": "onnx-int8"},
     }
-    return {name: LLMEmbedder(device="cpu", batch_size=batch_size, **settings[name]) for name in names}
+    # instructions on: the baseline encodes the same instructed strings (the bundled MiniLM alone would encode
+    # plain text by default since issue 11)
+    return {
+        name: LLMEmbedder(device="cpu", batch_size=batch_size, use_instructions=True, **settings[name])
+        for name in names
+    }
 
 
 def ndcg_at_10(queries: np.ndarray, keys: np.ndarray, relevant: list[list[int]], depth: int = 100) -> float:
