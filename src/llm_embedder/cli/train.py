@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add("--temperature", type=float, help="student temperature tau (default 0.01)")
     add(
+        "--anchor-weight",
+        type=float,
+        metavar="LAMBDA",
+        help="hold the student near the base model's similarities on plain text (default 0: the paper's loss)",
+    )
+    add("--anchor-temperature", type=float, help="temperature of the anchor term (default 0.05)")
+    add(
         "--no-instructions",
         dest="use_instructions",
         action="store_false",
@@ -134,6 +141,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "key_max_length",
         "inference_max_length",
         "temperature",
+        "anchor_weight",
+        "anchor_temperature",
         "use_instructions",
         "mixed_batches",
         "hard_labels",

@@ -67,6 +67,11 @@ class GroupCollator:
         training input is cut exactly as the same text is at retrieval time; ``None``: the tokenizer's cut only.
     tail_tasks: tasks whose queries keep their end (``query_truncation: left``): their over-long queries lose
         characters at the start, not the end, before tokenising.
+    anchor: also write the same texts WITHOUT instructions as two more columns, ``anchor_query_*`` and
+        ``anchor_key_*`` (label ``anchor_query_order`` / ``anchor_key_order``), for the frozen base model of
+        :class:`~llm_embedder.training.losses.anchor.AnchoredLoss`. They are cut exactly as the instructed texts
+        (the per-task fit leaves room for the instruction, so a plain text may lose up to an instruction's
+        length more than the base alone would cut).
     """
 
     def __init__(
@@ -79,7 +84,9 @@ class GroupCollator:
         key_max_length: int,
         fit_texts: FitTexts | None = None,
         tail_tasks: Collection[str] = (),
+        anchor: bool = False,
     ) -> None:
+        self.anchor = anchor
         self.preprocess_fn = preprocess_fn
         self.tail_tasks = frozenset(tail_tasks)
         self.fit_texts = fit_texts
@@ -99,12 +106,14 @@ class GroupCollator:
                 out[i] = text
         return out
 
-    def _encode(self, texts: list[str], tasks: list[str], side: str, max_length: int) -> dict[str, Any]:
+    def _cut(self, texts: list[str], tasks: list[str], side: str, max_length: int) -> list[str]:
         texts = [
             cut_characters(text, max_length, keep_end=side == "query" and task in self.tail_tasks)
             for text, task in zip(texts, tasks, strict=True)
         ]
-        texts = self._fit(texts, tasks, side, max_length)
+        return self._fit(texts, tasks, side, max_length)
+
+    def _encode(self, texts: list[str], tasks: list[str], side: str, max_length: int) -> dict[str, Any]:
         if len(set(tasks)) == 1:
             prompt = self.instruction(tasks[0], side) or None
             return self.preprocess_fn(texts, prompt=prompt, max_length=max_length)
@@ -118,11 +127,20 @@ class GroupCollator:
             raise ValueError(f"items of one batch have different group sizes: {sorted(group_sizes)}")
         tasks = [item["task"] for item in items]
         batch: dict[str, Any] = {}
-        queries = self._encode([item["query"] for item in items], tasks, "query", self.query_max_length)
         key_tasks = [task for item, task in zip(items, tasks, strict=True) for _ in item["keys"]]
-        keys = self._encode([key for item in items for key in item["keys"]], key_tasks, "key", self.key_max_length)
+        query_texts = self._cut([item["query"] for item in items], tasks, "query", self.query_max_length)
+        key_texts = self._cut([key for item in items for key in item["keys"]], key_tasks, "key", self.key_max_length)
+        columns = [
+            ("query", self._encode(query_texts, tasks, "query", self.query_max_length)),
+            ("key", self._encode(key_texts, key_tasks, "key", self.key_max_length)),
+        ]
+        if self.anchor:
+            columns += [
+                ("anchor_query", self.preprocess_fn(query_texts, max_length=self.query_max_length)),
+                ("anchor_key", self.preprocess_fn(key_texts, max_length=self.key_max_length)),
+            ]
         label: dict[str, torch.Tensor] = {"task": torch.tensor([self.task_names.index(t) for t in tasks])}
-        for prefix, features in (("query", queries), ("key", keys)):
+        for prefix, features in columns:
             features, restore = sort_by_length(features)
             if restore is not None:
                 label[f"{prefix}_order"] = restore

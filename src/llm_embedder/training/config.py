@@ -75,6 +75,11 @@ class ModelConfig:
     pooling: str | None = None
     #: student temperature tau on cosine similarities
     temperature: float = 0.01
+    #: lambda of the anchor term (``training.losses.anchor``): hold the student near the frozen base model's own
+    #: similarities on plain text while it learns the tasks; 0 = the paper's loss alone
+    anchor_weight: float = 0.0
+    #: temperature of the anchor term's two distributions
+    anchor_temperature: float = 0.05
 
 
 @dataclass
@@ -268,6 +273,8 @@ class TrainConfig:
         numbers = {
             "lr": t.lr,
             "temperature": m.temperature,
+            "anchor_weight": m.anchor_weight,
+            "anchor_temperature": m.anchor_temperature,
             "warmup": t.warmup,
             "weight_decay": t.weight_decay,
             "max_grad_norm": t.max_grad_norm,
@@ -278,9 +285,11 @@ class TrainConfig:
             # NaN or inf in a hyper-parameter turns every weight into NaN at the first step
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise UserError(f"{name} must be a finite number, got {value!r}")
-        for name, value in (("lr", t.lr), ("temperature", m.temperature)):
+        for name, value in (("lr", t.lr), ("temperature", m.temperature), ("anchor_temperature", m.anchor_temperature)):
             if not value > 0:
                 raise UserError(f"{name} must be > 0, got {value!r}")
+        if m.anchor_weight < 0:
+            raise UserError(f"anchor_weight must be >= 0 (0: no anchor term), got {m.anchor_weight!r}")
         if t.warmup < 0:
             raise UserError(f"warmup must be >= 0 (a fraction < 1 or a number of steps), got {t.warmup!r}")
         if t.weight_decay < 0:

@@ -50,6 +50,11 @@ def render_model_card(summary: dict[str, Any]) -> str:
         f"batches: {'MIXED across datasets (w/o homogeneous ablation)' if cfg['mixed_batches'] else 'homogeneous (one dataset per step)'}",
         f"teacher scores: {'IGNORED (hard labels, w/o LLM reward ablation)' if cfg['hard_labels'] else 'used'}",
     ]
+    if cfg.get("anchor_weight"):
+        switches.append(
+            f"anchor to the base model's plain-text similarities: weight {cfg['anchor_weight']:g}, "
+            f"temperature {cfg['anchor_temperature']:g}"
+        )
     if cfg.get("distillation"):
         switches.append(f"distillation forced to: {cfg['distillation']}")
     if cfg.get("loss_overrides"):

@@ -28,6 +28,7 @@ What :class:`LLMEmbedderTrainer` adds:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ from llm_embedder.training.collator import GroupCollator
 from llm_embedder.training.config import TrainConfig
 from llm_embedder.training.dataset import GroupDataset, TrainingSet, load_training_sets
 from llm_embedder.training.losses import GroupLoss, MultiTaskLoss
+from llm_embedder.training.losses.anchor import AnchoredLoss
 from llm_embedder.training.model_card import render_model_card
 from llm_embedder.training.run_folder import (
     CHECKPOINTS,
@@ -377,7 +379,7 @@ def train(
             task_losses[ts.task] = build_task_loss(
                 ts.spec, temperature=config.model.temperature, override=None if isinstance(override, str) else override
             )
-    loss = MultiTaskLoss(embedder.model, losses=task_losses, mini_batch_size=config.training.grad_cache_chunk)
+    loss = _build_loss(config, embedder, task_losses)
     collator = GroupCollator(
         embedder.model.preprocess,
         instruction=_instruction_fn(embedder),
@@ -386,6 +388,7 @@ def train(
         key_max_length=config.model.key_max_length,
         fit_texts=embedder.fit_texts,
         tail_tasks=[name for name in loss.task_names if registry.get(name).query_truncation == "left"],
+        anchor=isinstance(loss, AnchoredLoss),
     )
     steps_share = sampler.steps_per_dataset()
     _say(
@@ -439,6 +442,23 @@ def train(
         _say(f"saved {out} (training loss {summary['metrics']['training_loss']:.4f})")
     trainer.accelerator.wait_for_everyone()
     return str(out)
+
+
+def _build_loss(config: TrainConfig, embedder: Any, task_losses: Mapping[str, GroupLoss]) -> GroupLoss:
+    """Every task's loss in one module; with ``anchor_weight`` > 0 wrapped in the anchor term to a frozen copy of
+    the base model (copied before the first step, so it is the base even when a run resumes)."""
+    chunk = config.training.grad_cache_chunk
+    if config.model.anchor_weight <= 0:
+        return MultiTaskLoss(embedder.model, losses=task_losses, mini_batch_size=chunk)
+    anchor = copy.deepcopy(embedder.model)
+    return AnchoredLoss(
+        embedder.model,
+        inner=MultiTaskLoss(None, losses=task_losses),
+        anchor=anchor,
+        weight=config.model.anchor_weight,
+        anchor_temperature=config.model.anchor_temperature,
+        mini_batch_size=chunk,
+    )
 
 
 def _summary(
