@@ -175,6 +175,31 @@ def _run_tool(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------- beir
+def _register_beir(kinds: argparse._SubParsersAction) -> None:
+    parser = _parser(kinds, "beir", "corpus + evaluation records (graded relevance kept) from a BEIR-format folder")
+    parser.add_argument("folder", metavar="DIR", help="corpus.jsonl, queries.jsonl, qrels/<split>.tsv (.gz ok)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for corpus.jsonl + dev.jsonl")
+    parser.add_argument("--task", required=True, help="task of the records (its key template renders pos)")
+    parser.add_argument("--split", default="test", help="qrels split: qrels/<split>.tsv (default test)")
+    add_tasks_file_argument(parser)
+    parser.set_defaults(func=_run_beir)
+
+
+def _run_beir(args: argparse.Namespace) -> int:
+    from llm_embedder.builders.beir import build_beir
+
+    load_tasks_file(args)
+    s = build_beir(args.folder, args.output, task=args.task, split=args.split)
+    left = s.queries - s.records
+    print(
+        f"wrote {s.corpus_rows} corpus rows and {s.records} {args.task} records ({s.positives} relevant documents, "
+        f"split {s.split}) to {args.output}; left out {left} of {s.queries} queries without a relevant document "
+        f"({s.unjudged} not judged in this split, {s.no_relevant} judged only grade <= 0)"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------- negatives
 def _register_negatives(kinds: argparse._SubParsersAction) -> None:
     parser = _parser(
@@ -227,6 +252,7 @@ _REGISTER: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "chat": _register_chat,
     "icl": _register_icl,
     "tool": _register_tool,
+    "beir": _register_beir,
     "negatives": _register_negatives,
 }
 

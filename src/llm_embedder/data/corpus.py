@@ -16,6 +16,15 @@ from llm_embedder.errors import DataError, UserError
 from llm_embedder.utils.templates import render_template, template_fields
 
 
+def render_key(key_template: str, row: dict[str, Any]) -> str:
+    """Corpus row -> retrieval key: the template filled and stripped (so an empty title adds no leading space).
+
+    The one rendering rule, shared by :class:`Corpus` (eval, index, mining) and the builders that write ``pos``
+    texts, so a record's ``pos`` always equals the key that eval renders for its ``pos_index`` row.
+    """
+    return render_template(key_template, row).strip()
+
+
 def iter_corpus_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, row)``; blank lines are skipped, so row ids count non-blank lines only."""
     yield from iter_jsonl(path)
@@ -40,7 +49,7 @@ class Corpus(Sequence[str]):
                         field=name,
                         hint="pass --key-template to match your corpus fields",
                     )
-            self._keys.append(render_template(key_template, row).strip())
+            self._keys.append(render_key(key_template, row))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], key_template: str = "{text}") -> Corpus:

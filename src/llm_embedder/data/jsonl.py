@@ -71,6 +71,24 @@ def readable_gzip(path: str | os.PathLike[str]) -> Iterator[None]:
         raise UserError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
 
 
+def iter_text_lines(path: str | os.PathLike[str], *, what: str = "a text file") -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for each non-blank line of a UTF-8 text file (``.gz`` accepted), streamed.
+
+    The one place that opens line-oriented inputs (JSON lines, TSV qrels): a missing file, a directory, a broken
+    gzip or a non-UTF-8 byte is one line naming the file (and line). ``text`` keeps its line ending.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected {what}")
+    with readable_gzip(path), _open_binary(path) as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            text = _utf8(raw, path, lineno)
+            if text.lstrip("\ufeff").strip():
+                yield lineno, text
+
+
 def iter_json_lines(
     path: str | os.PathLike[str], *, objects: bool = True, allow_empty: bool = False, what: str = "JSON records"
 ) -> Iterator[tuple[int, Any]]:
@@ -80,19 +98,11 @@ def iter_json_lines(
     be a list of turns).
     """
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a JSON-lines file")
     seen = 0
-    with readable_gzip(path), _open_binary(path) as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            text = _utf8(raw, path, lineno)
-            if not text.lstrip("\ufeff").strip():
-                continue
-            value = decode_json_line(text, path, lineno, objects=objects)
-            seen += 1
-            yield lineno, value
+    for lineno, text in iter_text_lines(path, what="a JSON-lines file"):
+        value = decode_json_line(text, path, lineno, objects=objects)
+        seen += 1
+        yield lineno, value
     if seen == 0 and not allow_empty:
         hint = "give a file with one record per line" if objects else None
         raise DataError(str(path), None, f"file is empty (no {what})", hint=hint)

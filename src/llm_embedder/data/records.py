@@ -1,7 +1,9 @@
 """The record format of LLM-Embedder (method.md section 2), validated line by line.
 
 A record is one query with its candidates: ``pos`` then ``neg`` (or, for chat, the ``history`` turns) and, once
-scored, ``teacher_scores`` in the same order. Fields we do not know (the reference's ``pos_scores``, ``context``,
+scored, ``teacher_scores`` in the same order. ``pos_grades`` (optional, aligned with ``pos_index``) carries graded
+relevance from judged collections (BEIR/TREC qrels, ``llm-embedder build beir``) so nDCG stays graded; without it
+every positive counts as grade 1. Fields we do not know (the reference's ``pos_scores``, ``context``,
 ``qid`` ...) are kept in ``extra`` and written back unchanged, so files round-trip.
 """
 
@@ -22,6 +24,7 @@ _KNOWN = (
     "pos",
     "neg",
     "pos_index",
+    "pos_grades",
     "neg_index",
     "teacher_scores",
     "answers",
@@ -47,6 +50,8 @@ class Record:
     options: list[str] | None = None
     task: str | None = None
     query_id: int | str | None = None
+    #: relevance grade (>= 1) of each ``pos_index`` row, from graded qrels; None = every positive is grade 1
+    pos_grades: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: where the record came from ("file:line"), for error messages; not written out
     source: str | None = field(default=None, compare=False, repr=False)
@@ -131,6 +136,20 @@ class Record:
             raise fail(f"has {len(pos_index)} entries but 'pos' has {len(pos)}", "pos_index")
         if neg_index is not None and neg and len(neg_index) != len(neg):
             raise fail(f"has {len(neg_index)} entries but 'neg' has {len(neg)}", "neg_index")
+        pos_grades = obj.get("pos_grades")
+        if pos_grades is not None:
+            if not isinstance(pos_grades, list) or not all(
+                isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in pos_grades
+            ):
+                raise fail(
+                    "must be a list of positive integers (the relevance grade of each pos_index row)",
+                    "pos_grades",
+                    "grade-0 documents are not positives: leave them out of pos/pos_index",
+                )
+            if pos_index is None:
+                raise fail("needs 'pos_index' (one grade per pos_index row)", "pos_grades")
+            if len(pos_grades) != len(pos_index):
+                raise fail(f"has {len(pos_grades)} entries but 'pos_index' has {len(pos_index)}", "pos_grades")
 
         record_task = obj.get("task")
         if record_task is not None and not isinstance(record_task, str):
@@ -158,6 +177,7 @@ class Record:
             options=options,
             task=effective_task,
             query_id=query_id,
+            pos_grades=pos_grades,
             extra={k: v for k, v in obj.items() if k not in _KNOWN},
             source=f"{path}:{lineno}" if lineno is not None else path,
             omit_empty_pos_neg="pos" not in obj and "neg" not in obj,

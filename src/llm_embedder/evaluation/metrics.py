@@ -215,13 +215,17 @@ def corpus_qrels(
     """Qrels for retrieval from a corpus: relevant rows = ``pos_index``, or the rows whose key equals a ``pos`` text.
 
     Doc ids are corpus rows as strings (as in :func:`run_from_result`). Records without positives are left out.
+    The grade of a ``pos_index`` row is its ``pos_grades`` entry when the record has one (graded qrels, so nDCG is
+    graded as in BEIR/TREC), else 1; positives found by text are grade 1.
     """
     lookup: dict[str, list[int]] | None = None
     qrels: Qrels = {}
     for record, qid in zip(records, query_ids, strict=True):
         rows: list[int] = []
+        grades: list[int] | None = None
         if record.pos_index:
             rows = list(record.pos_index)
+            grades = record.pos_grades
             if corpus_keys is not None:
                 _check_rows(record, rows, len(corpus_keys))
         elif record.pos and corpus_keys is not None:
@@ -232,7 +236,10 @@ def corpus_qrels(
             for text in record.pos:
                 rows.extend(lookup.get(text.strip(), []))
         if rows:
-            qrels[str(qid)] = {str(r): 1 for r in rows}
+            judged: dict[str, int] = {}
+            for row, grade in zip(rows, grades or [1] * len(rows), strict=True):
+                judged[str(row)] = max(judged.get(str(row), 0), grade)  # a row listed twice keeps its best grade
+            qrels[str(qid)] = judged
     return qrels
 
 
