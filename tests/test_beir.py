@@ -252,3 +252,12 @@ def test_msmarco_subset_builds_and_evaluates_with_bm25(data_dir, tmp_path, capsy
     assert results["n_records"] == 43
     ndcg = results["results"]["bm25"]["ndcg@10"]
     assert 0.6 < ndcg < 0.85  # graded (measured 0.727); the same run with binary grades scores 0.975
+
+
+def test_pipeline_candidate_cap_cuts_grades_with_their_rows():
+    from llm_embedder.pipeline.build import cap_candidates
+
+    record = {"query": "q", "pos": ["a", "b", "c"], "pos_index": [4, 5, 6], "pos_grades": [3, 2, 1], "neg": ["d"]}
+    capped = cap_candidates(record, 2)
+    assert capped["pos"] == ["a", "b"] and capped["pos_index"] == [4, 5] and capped["pos_grades"] == [3, 2]
+    assert capped["neg"] == []

@@ -25,8 +25,9 @@ def cap_candidates(obj: dict[str, Any], max_candidates: int) -> dict[str, Any]:
     n_pos = min(len(pos), max_candidates)
     n_neg = max_candidates - n_pos
     out = dict(obj, pos=pos[:n_pos], neg=neg[:n_neg])
-    if obj.get("pos_index") is not None:
-        out["pos_index"] = obj["pos_index"][:n_pos]
+    for name in ("pos_index", "pos_grades"):
+        if obj.get(name) is not None:
+            out[name] = obj[name][:n_pos]
     if obj.get("neg_index") is not None:
         out["neg_index"] = obj["neg_index"][:n_neg]
     if obj.get("teacher_scores") is not None:
