@@ -41,7 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--lm", default=None, help="LLM for prompts and 'generate': smollm2, gemma3, a folder, a hub id"
     )
     parser.add_argument(
-        "--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="encoder runtime (onnx*: fast CPU)"
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx", "onnx-int8"],
+        help="encoder runtime; auto (default): onnx-int8 on a CPU (the fastest, nDCG within 1%% of fp32), torch on a "
+        "GPU; onnx gives exactly the fp32 vectors",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     parser.add_argument(
