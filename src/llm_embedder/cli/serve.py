@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_body_mb <= 0:
         raise UserError(f"--max-body-mb must be positive, got {args.max_body_mb}")
     load_tasks_file(args)
+    # ONNX Runtime's pool threads must not spin between encoder calls: the event loop needs those cores (see
+    # llm_embedder.model.onnx_backend.default_spinning); set before the encoder is built, overridable by the user.
+    os.environ.setdefault("LLM_EMBEDDER_ORT_SPIN", "0")
     import uvicorn
 
     from llm_embedder.serving.app import create_app
