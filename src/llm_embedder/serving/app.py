@@ -7,8 +7,8 @@ a full encoder queue is 429 with ``Retry-After``, a missing or wrong API key 401
 The hot routes (search, upsert, embeddings) are coroutines: they check the request on the event loop and await the
 micro-batching encoder (:mod:`.batcher`) without a thread hop; a search's store query runs in the encoder thread,
 batched with the other searches of its encoder call, and a store write in a thread. Their answers are serialised
-with orjson (embeddings straight from the float32 arrays), skipping FastAPI's response validation, which cost more
-than the rest of the request. Every other route is a plain ``def`` that FastAPI runs in its worker threads, so the
+with orjson, embeddings straight from the float32 arrays (stdlib ``json`` took 5.8 ms for 32 embeddings, orjson
+0.26 ms), without FastAPI's response-model pass. Every other route is a plain ``def`` that FastAPI runs in its worker threads, so the
 event loop never waits on the encoder or the store.
 """
 
