@@ -481,6 +481,20 @@ def test_onnx_cache_key_follows_weights_and_dtype(tmp_path):
         cache_key(tmp_path, "fp32")
 
 
+def test_ort_spinning_follows_the_environment(monkeypatch, onnx_embedder):
+    from llm_embedder.model.onnx_backend import OnnxEncoder, default_spinning
+
+    monkeypatch.delenv("LLM_EMBEDDER_ORT_SPIN", raising=False)
+    assert default_spinning() is True
+    monkeypatch.setenv("LLM_EMBEDDER_ORT_SPIN", "0")
+    assert default_spinning() is False
+    quiet = OnnxEncoder.from_embedder(onnx_embedder)
+    assert quiet.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setenv("LLM_EMBEDDER_ORT_SPIN", "yes")
+    with pytest.raises(UserError, match="LLM_EMBEDDER_ORT_SPIN='yes' must be 0 or 1"):
+        default_spinning()
+
+
 def test_token_budget_batches_cover_every_text_once():
     from llm_embedder.model.onnx_backend import _token_budget_batches
 

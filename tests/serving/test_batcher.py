@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from llm_embedder.serving.batcher import MicroBatcher, Overloaded
+from llm_embedder.serving.batcher import MicroBatcher, Overloaded, Then
 
 
 class GatedEncoder:
@@ -88,4 +89,80 @@ def test_encoder_errors_reach_every_caller_of_the_batch():
     batcher = MicroBatcher(broken)
     with pytest.raises(ValueError, match="boom"):
         batcher.encode(["a"], "qa", "query")
+    batcher.close()
+
+
+def test_then_runs_once_per_key_in_the_worker_with_every_request_of_the_batch():
+    encoder = GatedEncoder()
+    batcher = MicroBatcher(encoder, max_queue=8)
+    runs: list[tuple[str, list[tuple[list[float], str]], str]] = []
+
+    def finish(name):
+        def run(items):
+            runs.append((name, [(v[:, 0].tolist(), arg) for v, arg in items], threading.current_thread().name))
+            return [f"{name}:{arg}" for _, arg in items]
+
+        return run
+
+    busy = batcher.submit(["x"], "qa", "query")
+    encoder.wait_for_calls(1)
+    a1 = batcher.submit(["q1"], "qa", "query", then=Then("A", finish("A"), "one"))
+    b1 = batcher.submit(["q2"], "qa", "query", then=Then("B", finish("B"), "two"))
+    a2 = batcher.submit(["q3", "q4"], "qa", "query", then=Then("A", finish("A"), "three"))
+    encoder.gate.set()
+    assert busy.result().tolist() == [[0, 0]]
+    assert [a1.result(), b1.result(), a2.result()] == ["A:one", "B:two", "A:three"]
+    assert encoder.calls[1] == (["q1", "q2", "q3", "q4"], "qa", "query")  # one encoder call for all three
+    assert runs == [("A", [([0.0], "one"), ([2.0, 3.0], "three")], "encoder"), ("B", [([1.0], "two")], "encoder")]
+    batcher.close()
+
+
+def test_a_failing_then_fails_only_its_own_requests():
+    batcher = MicroBatcher(lambda texts, task, side: np.zeros((len(texts), 2), "f4"), max_queue=8)
+
+    def broken(items):
+        raise ValueError("no store")
+
+    failing = batcher.submit(["a"], "qa", "query", then=Then("bad", broken))
+    fine = batcher.submit(["b"], "qa", "query", then=Then("good", lambda items: ["ok"] * len(items)))
+    with pytest.raises(ValueError, match="no store"):
+        failing.result()
+    assert fine.result() == "ok"
+    batcher.close()
+
+
+def test_coroutine_callers_get_results_and_errors_on_their_loop():
+    def encode(texts, task, side):
+        if "boom" in texts:
+            raise ValueError("boom")
+        return np.repeat(np.arange(len(texts), dtype=np.float32)[:, None], 2, axis=1)
+
+    batcher = MicroBatcher(encode, max_queue=8)
+
+    async def calls():
+        vectors = await batcher.run(["a", "b"], "qa", "query")
+        counted = await batcher.run(["c"], "qa", "query", then=Then("n", lambda items: [len(v) for v, _ in items]))
+        with pytest.raises(ValueError, match="boom"):
+            await batcher.run(["boom"], "qa", "query")
+        return vectors.tolist(), counted
+
+    assert asyncio.run(calls()) == ([[0, 0], [1, 1]], 1)
+    batcher.close()
+
+
+def test_a_coroutine_caller_is_refused_at_once_when_the_queue_is_full():
+    encoder = GatedEncoder()
+    batcher = MicroBatcher(encoder, max_queue=1)
+    busy = batcher.submit(["a"], "qa", "query")
+    encoder.wait_for_calls(1)
+    queued = batcher.submit(["b"], "qa", "query")
+
+    async def refused():
+        with pytest.raises(Overloaded, match=r"\(1 requests waiting\)"):
+            await batcher.run(["c"], "qa", "query")
+
+    asyncio.run(refused())
+    encoder.gate.set()
+    busy.result()
+    queued.result()
     batcher.close()

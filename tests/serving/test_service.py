@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -11,7 +13,9 @@ from llm_embedder.builders.lrlm import chunk_text
 from llm_embedder.data.records import load_records
 from llm_embedder.errors import UserError
 from llm_embedder.model.truncation import keep_tail, text_budget
+from llm_embedder.serving.batcher import MicroBatcher
 from llm_embedder.serving.errors import Conflict, NotFound, TooLarge
+from llm_embedder.serving.service import serving_backend
 
 PASSAGES = [
     {"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France."},
@@ -321,3 +325,88 @@ def test_generate_with_an_lm(make_service, tmp_path):
     )
     assert result["answer"].strip()  # random weights, but some text
     assert [r["answers"] for r in service.export_feedback("kb")] == [[result["answer"]]]  # recorded as the feedback
+
+
+def test_coroutine_forms_answer_as_the_plain_methods(service, serve_embedder):
+    service.create_collection("kb", "qa")
+
+    async def calls():
+        ids = await service.upsert_async("kb", PASSAGES)
+        hits = await service.search_async("kb", "Which city is the capital of France?", top_k=2)
+        hybrid = await service.search_async("kb", "banana fruit", top_k=2, mode="hybrid")
+        bm25 = await service.search_async("kb", "banana fruit", top_k=2, mode="bm25")
+        vectors, tokens = await service.embeddings_async(["a dog", "a cat sat"], task="chat", input_type="passage")
+        return ids, hits, hybrid, bm25, vectors, tokens
+
+    ids, hits, hybrid, bm25, vectors, tokens = asyncio.run(calls())
+    assert ids == ["paris", "banana", "python"]
+    assert hits == service.search("kb", "Which city is the capital of France?", top_k=2)
+    assert hybrid == service.search("kb", "banana fruit", top_k=2, mode="hybrid")
+    assert bm25 == service.search("kb", "banana fruit", top_k=2, mode="bm25")
+    np.testing.assert_allclose(vectors, serve_embedder.encode_keys(["a dog", "a cat sat"], task="chat"), atol=1e-6)
+    assert tokens == sum(len(ids) for ids in serve_embedder.model.tokenizer(["a dog", "a cat sat"])["input_ids"])
+
+
+def test_coroutine_forms_refuse_bad_input_with_the_same_lines(service):
+    service.create_collection("kb", "qa")
+    cases = [
+        (service.search_async("nope", "q"), NotFound, "unknown collection 'nope'"),
+        (service.search_async("kb", "  "), UserError, "query is empty"),
+        (service.search_async("kb", "q", mode="sparse"), UserError, "mode 'sparse' is not a search mode"),
+        (service.search_async("kb", "q", top_k=0), UserError, "top_k must be an integer in 1..200, got 0"),
+        (service.search_async("conversation_memory", "q"), UserError, "is reserved for memory"),
+        (service.upsert_async("kb", [{"text": ""}]), UserError, r"documents\[0\].text is empty"),
+        (service.embeddings_async([], task="qa"), UserError, "input is empty"),
+    ]
+    for call, error, line in cases:
+        with pytest.raises(error, match=line):
+            asyncio.run(call)
+
+
+def test_the_searches_of_one_encoder_batch_share_one_store_call(make_service):
+    service = make_service()
+    service.create_collection("kb", "qa")
+    service.upsert("kb", PASSAGES)
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def gated(texts, task, side):
+        entered.set()
+        gate.wait(10)
+        return service._encode(texts, task, side)
+
+    service.encoder.close()
+    service.encoder = MicroBatcher(gated, max_queue=8)
+    collection = service.store.collection("kb")
+    calls: list[int] = []
+    search_many = collection.search_many
+
+    def counted(**kwargs):
+        calls.append(len(kwargs["vectors"]))
+        return search_many(**kwargs)
+
+    collection.search_many = counted  # type: ignore[method-assign]
+    queries = ["capital of France", "a yellow fruit", "programming language"]
+
+    async def concurrent():
+        first = asyncio.ensure_future(service.search_async("kb", "France", top_k=1))
+        while not entered.is_set():
+            await asyncio.sleep(0.005)
+        rest = [asyncio.ensure_future(service.search_async("kb", q, top_k=1)) for q in queries]
+        while service.encoder.depth < len(queries):
+            await asyncio.sleep(0.005)
+        gate.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(concurrent())
+    assert calls == [1, 3]  # the first search alone, then the three that waited together: one call
+    assert [hits[0]["id"] for hits in rest] == ["paris", "banana", "python"]
+    collection.search_many = search_many  # type: ignore[method-assign]
+    assert rest == [service.search("kb", q, top_k=1) for q in queries]
+
+
+def test_serve_uses_the_fastest_encoder_runtime_of_the_device():
+    assert serving_backend("auto", "cpu") == "onnx-int8"
+    assert serving_backend("auto", "cuda:0") == "torch"
+    assert serving_backend("onnx", "cpu") == "onnx"
+    assert serving_backend("torch", "cpu") == "torch"

@@ -63,6 +63,20 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_spinning() -> bool:
+    """Whether ORT's idle intra-op threads spin-wait for work: ``$LLM_EMBEDDER_ORT_SPIN`` (``0`` or ``1``), default 1.
+
+    Spinning saves the wake-up of the pool threads at each operator of a small batch, but burns their cores while
+    they wait. A server, whose event loop needs those cores between encoder calls, or a machine shared with other
+    jobs, is faster without it: ``llm-embedder serve`` turns it off (benchmarks/README.md, section serve: at 64
+    clients the server's CPU per search fell from 3.1 to 1.7-2.0 ms and its throughput rose from 310 to 480-580 req/s).
+    """
+    env = os.environ.get("LLM_EMBEDDER_ORT_SPIN", "1")
+    if env not in ("0", "1"):
+        raise UserError(f"LLM_EMBEDDER_ORT_SPIN={env!r} must be 0 or 1")
+    return env == "1"
+
+
 def weights_fingerprint(path: str | os.PathLike[str]) -> list[tuple[str, int, int]]:
     """``(relative path, size, mtime_ns)`` of the weight and config files of a model folder (two levels deep)."""
     root = Path(path)
@@ -169,6 +183,8 @@ class OnnxEncoder:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not default_spinning():
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
         graph_inputs = {i.name for i in self.session.get_inputs()}
         self.input_names = [name for name in input_names if name in graph_inputs]

@@ -2,8 +2,14 @@
 
 Every error is ``{"error": "one line: what, where (route and field), what to do"}`` with a 4xx: user errors of the
 library map to 400 (404 unknown, 409 conflict, 413 too large), request-validation errors of FastAPI name the field,
-a full encoder queue is 429 with ``Retry-After``, a missing or wrong API key 401. Routes are plain ``def`` functions,
-so FastAPI runs them in its worker threads and the event loop never waits on the encoder or the store.
+a full encoder queue is 429 with ``Retry-After``, a missing or wrong API key 401.
+
+The hot routes (search, upsert, embeddings) are coroutines: they check the request on the event loop and await the
+micro-batching encoder (:mod:`.batcher`) without a thread hop; a search's store query runs in the encoder thread,
+batched with the other searches of its encoder call, and a store write in a thread. Their answers are serialised
+with orjson, embeddings straight from the float32 arrays (stdlib ``json`` took 5.8 ms for 32 embeddings, orjson
+0.26 ms), without FastAPI's response-model pass. Every other route is a plain ``def`` that FastAPI runs in its worker threads, so the
+event loop never waits on the encoder or the store.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import time
 from typing import Any, Literal
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -119,6 +126,15 @@ class EmbeddingsIn(_Body):
     task: str | None = None
     input_type: Literal["query", "passage"] | None = None
     user: str | None = None
+
+
+class FastJSON(Response):
+    """A JSON answer serialised by orjson (numpy arrays included)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _error(status: int, line: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -266,18 +282,19 @@ def create_app(service: RetrievalService, *, api_key: str | None = None) -> Fast
         service.drop_collection(name)
         return {"dropped": name}
 
-    @app.post("/v1/collections/{name}/documents")
-    def upsert(name: str, body: DocumentsIn) -> dict[str, Any]:
+    @app.post("/v1/collections/{name}/documents", response_class=FastJSON)
+    async def upsert(name: str, body: DocumentsIn) -> FastJSON:
         documents = [d.model_dump(by_alias=True, exclude_none=True) for d in body.documents]
-        return {"ids": service.upsert(name, documents)}
+        return FastJSON({"ids": await service.upsert_async(name, documents)})
 
     @app.delete("/v1/collections/{name}/documents")
     def delete_documents(name: str, body: DeleteIn) -> dict[str, Any]:
         return {"deleted": service.delete_documents(name, ids=body.ids, filter=body.filter)}
 
-    @app.post("/v1/collections/{name}/search")
-    def search(name: str, body: SearchIn) -> dict[str, Any]:
-        return {"hits": service.search(name, body.query, top_k=body.top_k, filter=body.filter, mode=body.mode)}
+    @app.post("/v1/collections/{name}/search", response_class=FastJSON)
+    async def search(name: str, body: SearchIn) -> FastJSON:
+        hits = await service.search_async(name, body.query, top_k=body.top_k, filter=body.filter, mode=body.mode)
+        return FastJSON({"hits": hits})
 
     @app.get("/v1/collections/{name}/feedback")
     def export_feedback(name: str) -> Response:
@@ -328,27 +345,22 @@ def create_app(service: RetrievalService, *, api_key: str | None = None) -> Fast
         service.feedback(body.augment_id, body.answer)
         return {"recorded": body.augment_id}
 
-    @app.post("/v1/embeddings")
-    def embeddings(body: EmbeddingsIn) -> dict[str, Any]:
+    @app.post("/v1/embeddings", response_class=FastJSON)
+    async def embeddings(body: EmbeddingsIn) -> FastJSON:
         """OpenAI-compatible; ``task`` and ``input_type`` (query / passage) choose the instruction."""
-        vectors = service.embeddings(body.input, task=body.task, input_type=body.input_type)
-        inputs = [body.input] if isinstance(body.input, str) else body.input
-        tokens = sum(len(ids) for ids in service.embedder.model.tokenizer(inputs)["input_ids"])
+        vectors, tokens = await service.embeddings_async(body.input, task=body.task, input_type=body.input_type)
         data = []
         for i, vector in enumerate(vectors):
             value: Any = (
                 base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
                 if body.encoding_format == "base64"
-                else vector.tolist()
+                else vector
             )
             data.append({"object": "embedding", "index": i, "embedding": value})
         model = body.model or service.embedder.source
-        return {
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        return FastJSON(
+            {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        )
 
     # ------------------------------------------------------------------ operations
     @app.get("/health")

@@ -17,12 +17,17 @@ Queries of ``convsearch`` and ``tool`` sources are the recent conversation plus 
 the token budget (the end of a conversation is what is being asked for), as the convsearch task was trained: a vague
 follow-up such as "What is its price?" then still finds the right tool and passage.
 
-All encoding goes through one :class:`~llm_embedder.serving.batcher.MicroBatcher`. Methods are thread-safe; the
-HTTP layer (:mod:`.app`) calls them from its worker threads.
+All encoding goes through one :class:`~llm_embedder.serving.batcher.MicroBatcher`. Methods are thread-safe. The hot
+routes also have coroutine forms (:meth:`RetrievalService.search_async`, :meth:`~RetrievalService.upsert_async`,
+:meth:`~RetrievalService.embeddings_async`) that the HTTP layer (:mod:`.app`) awaits on its event loop: they check the
+request there, await the encoder without a thread hop, and run the store search of a whole encoder batch in one
+``search_many`` call in the encoder thread; the other routes run the plain methods in the server's threads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
 import threading
@@ -39,7 +44,7 @@ import numpy as np
 from llm_embedder.errors import UserError
 from llm_embedder.model.truncation import keep_tail, text_budget
 from llm_embedder.retrieval.store.base import SEARCH_MODES, Collection, CollectionInfo, Document, Hit, Store
-from llm_embedder.serving.batcher import MicroBatcher
+from llm_embedder.serving.batcher import MicroBatcher, Then
 from llm_embedder.serving.errors import Conflict, NotFound, TooLarge
 from llm_embedder.serving.feedback import FeedbackLog
 from llm_embedder.serving.metrics import ServiceMetrics
@@ -176,6 +181,8 @@ class RetrievalService:
         self.chunk_tokens = chunk_tokens
         self.max_prompt_tokens = max_prompt_tokens
         self._create_lock = threading.Lock()
+        #: collections looked up before, so the event loop finds them without the store's lock (see _collection)
+        self._known: dict[str, Collection] = {}
         #: striped locks serialising writes to one conversation / document (read-modify-write of its last item)
         self._scope_locks = [threading.Lock() for _ in range(64)]
         self.memory = self._system_collection(MEMORY_COLLECTION, "chat")
@@ -215,11 +222,25 @@ class RetrievalService:
         if name in RESERVED and not allow_reserved:
             raise UserError(f"collection {name!r} is reserved for memory", hint="use the conversation routes")
         try:
-            return self.store.collection(name)
+            collection = self.store.collection(name)
         except UserError:  # the store's message names its folder; a client gets the collection names only
             known = {info.name for info in self.store.list_collections()}
             shown = ", ".join(sorted(known - set(RESERVED))) or "none yet"
             raise NotFound(f"unknown collection {name!r}", hint=f"create it first; existing: {shown}") from None
+        self._known[name] = collection
+        return collection
+
+    async def _collection_async(self, name: Any) -> Collection:
+        """:meth:`_collection` without touching the store on the event loop once a name is known.
+
+        The store keeps its collection objects too (a drop by another process is seen by the store call itself);
+        only the first lookup of a name goes to a thread, where the store's lock and SQL may wait on a writer.
+        """
+        check_collection_name(name)
+        known = self._known.get(name)
+        if known is not None and name not in RESERVED:
+            return known
+        return await _in_thread(self._collection, name)
 
     def _task(self, name: Any) -> Any:
         if not isinstance(name, str):
@@ -287,6 +308,7 @@ class RetrievalService:
                 name=name, task=spec.name, encoder=self.embedder.fingerprint, dim=self.embedder.dim, index=index
             )
             collection = self.store.create_collection(info, exist_ok=True)
+            self._known.pop(name, None)
         return self._describe(collection.info)
 
     def _describe(self, info: CollectionInfo) -> dict[str, Any]:
@@ -304,6 +326,7 @@ class RetrievalService:
 
     def drop_collection(self, name: Any) -> None:
         self._collection(name)
+        self._known.pop(name, None)
         self.store.drop_collection(name)
 
     def upsert(self, name: Any, documents: Any) -> list[str]:
@@ -312,6 +335,19 @@ class RetrievalService:
         ``schema`` (a tool's JSON schema, any JSON object) is kept with the document and returned with its hits.
         """
         collection = self._collection(name)
+        docs, keys, task = self._documents_in(collection, documents)
+        vectors = self.encode(keys, task, "key")
+        return collection.upsert(docs, vectors, encoder=self.embedder.fingerprint)
+
+    async def upsert_async(self, name: Any, documents: Any) -> list[str]:
+        """:meth:`upsert` awaited: checked on the loop, encoded by the worker, written (durably) in a thread."""
+        collection = await self._collection_async(name)
+        docs, keys, task = self._documents_in(collection, documents)
+        vectors = await self.encoder.run(keys, task, "key")
+        return await _in_thread(collection.upsert, docs, vectors, encoder=self.embedder.fingerprint)
+
+    def _documents_in(self, collection: Collection, documents: Any) -> tuple[list[Document], list[str], str]:
+        """Checked documents of an upsert and the key texts to encode (the task's key template)."""
         check_count(documents, "documents", self.limits)
         spec = self._task(collection.info.task)
         docs: list[Document] = []
@@ -342,8 +378,7 @@ class RetrievalService:
                 metadata[TOOL_SCHEMA_FIELD] = json.dumps(schema, ensure_ascii=False, sort_keys=True)
             docs.append(Document(id=doc_id, text=text, title=title, metadata=metadata))
             keys.append(render_template(spec.key_template, {"title": title, "text": text}, where=where))
-        vectors = self.encode(keys, spec.name, "key")
-        return collection.upsert(docs, vectors, encoder=self.embedder.fingerprint)
+        return docs, keys, spec.name
 
     def delete_documents(self, name: Any, *, ids: Any = None, filter: Any = None) -> int:
         collection = self._collection(name)
@@ -375,6 +410,40 @@ class RetrievalService:
         if filter is not None and not isinstance(filter, Mapping):
             raise UserError(f"filter must be an object, got {type(filter).__name__}")
         return [hit_dict(h) for h in self._search(collection, query, k=top_k, mode=mode, filter=filter)]
+
+    async def search_async(
+        self, name: Any, query: Any, *, top_k: Any = 10, filter: Any = None, mode: Any = "dense"
+    ) -> list[dict[str, Any]]:
+        """:meth:`search` awaited: the concurrent searches of one encoder batch share one ``search_many`` call."""
+        collection = await self._collection_async(name)
+        query = check_text(query, "query", self.limits)
+        check_top_k(top_k, self.limits)
+        if filter is not None and not isinstance(filter, Mapping):
+            raise UserError(f"filter must be an object, got {type(filter).__name__}")
+        if mode not in SEARCH_MODES:
+            raise UserError(f"mode {mode!r} is not a search mode", hint=f"choose one of {', '.join(SEARCH_MODES)}")
+        if mode == "bm25":  # nothing to encode
+            return await _in_thread(self.search, name, query, top_k=top_k, filter=filter, mode=mode)
+        task = collection.info.task
+        key = (collection.info.name, top_k, mode, json.dumps(filter, sort_keys=True, default=str))
+        then = Then(key, functools.partial(self._search_batch, collection, top_k, mode, filter), query)
+        return await self.encoder.run([query], task, "query", then=then)
+
+    def _search_batch(
+        self, collection: Collection, k: int, mode: str, filter: Mapping[str, Any] | None, items: list[Any]
+    ) -> list[list[dict[str, Any]]]:
+        """One store call for the searches of an encoder batch (runs in the encoder thread; faiss frees the GIL)."""
+        start = time.perf_counter()
+        ranked = collection.search_many(
+            vectors=np.concatenate([vectors for vectors, _ in items]),
+            texts=[query for _, query in items] if mode != "dense" else None,
+            encoder=self.embedder.fingerprint,
+            k=k,
+            mode=mode,  # type: ignore[arg-type]
+            filter=dict(filter) if filter else None,
+        )
+        self.metrics.search_seconds.labels(collection.info.task, mode).observe(time.perf_counter() - start)
+        return [[hit_dict(h) for h in hits] for hits in ranked]
 
     # ------------------------------------------------------------------ conversation memory
     def _pairs(self, conversation: str) -> tuple[int, Document | None]:
@@ -670,6 +739,28 @@ class RetrievalService:
     # ------------------------------------------------------------------ embeddings
     def embeddings(self, inputs: Any, *, task: Any = None, input_type: Any = None) -> np.ndarray:
         """Vectors for ``inputs`` as queries or passages of ``task`` (default qa queries)."""
+        texts, task_name, side = self._embeddings_in(inputs, task, input_type)
+        return self.encode(texts, task_name, side)
+
+    async def embeddings_async(
+        self, inputs: Any, *, task: Any = None, input_type: Any = None
+    ) -> tuple[np.ndarray, int]:
+        """:meth:`embeddings` awaited, with the number of tokens of ``inputs`` (counted in the encoder thread)."""
+        texts, task_name, side = self._embeddings_in(inputs, task, input_type)
+        then = Then("tokens", self._count_tokens, texts)
+        return await self.encoder.run(texts, task_name, side, then=then)
+
+    def _count_tokens(self, items: list[tuple[np.ndarray, list[str]]]) -> list[tuple[np.ndarray, int]]:
+        """The OpenAI ``usage``: tokens of the inputs as given (one tokenizer call for the batch)."""
+        texts = [t for _, inputs in items for t in inputs]
+        lengths = [len(ids) for ids in self.embedder.model.tokenizer(texts)["input_ids"]]
+        out, offset = [], 0
+        for vectors, inputs in items:
+            out.append((vectors, sum(lengths[offset : offset + len(inputs)])))
+            offset += len(inputs)
+        return out
+
+    def _embeddings_in(self, inputs: Any, task: Any, input_type: Any) -> tuple[list[str], str, str]:
         if isinstance(inputs, str):
             inputs = [inputs]
         check_count(inputs, "input", self.limits)
@@ -679,7 +770,7 @@ class RetrievalService:
         side = {"query": "query", "passage": "key", "document": "key", None: "query"}.get(input_type)
         if side is None:
             raise UserError(f"input_type {input_type!r} is not known", hint="use 'query' or 'passage'")
-        return self.encode(list(inputs), spec.name, side)
+        return list(inputs), spec.name, side
 
     def health(self) -> dict[str, Any]:
         return {
@@ -690,12 +781,34 @@ class RetrievalService:
         }
 
 
+def serving_backend(backend: str, device: str | None) -> str:
+    """``auto``: ONNX Runtime with int8 weights on a CPU, torch on a GPU; any other name is returned as it is.
+
+    Why int8 on a CPU: it is the fastest CPU path of the encoder (about 4x sentence-transformers, nDCG@10 within 1% of
+    fp32: benchmarks/README.md, section encode), and a server on a CPU is bound by the encoder. Its vectors differ
+    slightly from fp32 ones (cosine >= 0.986), so a collection is best searched with the backend that filled it;
+    ``--backend torch`` or ``onnx`` (exactly the fp32 vectors) choose otherwise.
+    """
+    if backend != "auto":
+        return backend
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "onnx-int8" if device == "cpu" else "torch"
+
+
+async def _in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)`` in the loop's default thread pool (store writes: SQLite commits wait on disk)."""
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args, **kwargs))
+
+
 def open_service(
     data_dir: str | Path,
     *,
     model: str | None = None,
     store: str | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     device: str | None = None,
     lm: str | None = None,
     limits: Limits | None = None,
@@ -706,12 +819,15 @@ def open_service(
     """A service over the encoder ``model`` (default: the bundled one) and the store at ``store`` (default: the
     embedded store in ``DATA_DIR/store``). ``lm`` (a bundled name, folder or hub id) is the LLM the prompts are for:
     its tokenizer counts the prompt budget and cuts long documents, and ``generate`` uses it; without it the bundled
-    SmolLM2 tokenizer is used and ``generate`` is refused."""
+    SmolLM2 tokenizer is used and ``generate`` is refused.
+
+    ``backend="auto"`` (see :func:`serving_backend`) picks the encoder's fastest runtime for the device."""
     from llm_embedder.model.embedder import LLMEmbedder
     from llm_embedder.retrieval.store import open_store
 
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
+    backend = serving_backend(backend, device)
     embedder = LLMEmbedder(model, device=device, backend=backend, use_instructions=use_instructions)  # type: ignore[arg-type]
 
     def prompt_tokenizer() -> Any:
