@@ -63,6 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add("--anchor-temperature", type=float, help="temperature of the anchor term (default 0.05)")
     add(
+        "--no-pool-instructions",
+        dest="pool_instructions",
+        action="store_false",
+        default=None,
+        help="leave the instruction's tokens out of the pooled vector (mean pooling; saved with the model)",
+    )
+    add(
         "--no-instructions",
         dest="use_instructions",
         action="store_false",
@@ -143,6 +150,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "temperature",
         "anchor_weight",
         "anchor_temperature",
+        "pool_instructions",
         "use_instructions",
         "mixed_batches",
         "hard_labels",

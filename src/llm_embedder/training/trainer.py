@@ -370,6 +370,8 @@ def train(
         pooling=config.model.pooling,
         tasks=registry,
     )
+    if config.model.pool_instructions is not None:
+        _set_instruction_pooling(embedder.model, include=config.model.pool_instructions)
     #: what the base encoder can read (its sentence-transformers max_seq_length, before training budgets apply)
     base_max_length = min(int(embedder.model.max_seq_length or 512), embedder.position_limit or 10**9)
     task_losses: dict[str, GroupLoss] = {}
@@ -442,6 +444,22 @@ def train(
         _say(f"saved {out} (training loss {summary['metrics']['training_loss']:.4f})")
     trainer.accelerator.wait_for_everyone()
     return str(out)
+
+
+def _set_instruction_pooling(model: Any, *, include: bool) -> None:
+    """Whether the pooling counts the instruction's tokens (sentence-transformers' ``include_prompt``).
+
+    The collator passes each homogeneous batch's instruction as the prompt, so sentence-transformers knows its
+    length; the saved pooling config carries the choice to every later ``encode`` (torch and ONNX alike).
+    """
+    modules = [module for module in model if hasattr(module, "include_prompt")]
+    if not modules:
+        raise UserError(
+            "pool_instructions is set, but the model has no pooling module that can leave the instruction out",
+            hint="remove pool_instructions from the recipe",
+        )
+    for module in modules:
+        module.include_prompt = include
 
 
 def _build_loss(config: TrainConfig, embedder: Any, task_losses: Mapping[str, GroupLoss]) -> GroupLoss:
