@@ -79,6 +79,9 @@ def test_demo_recipe_is_valid():
     repro = load_config(Path(__file__).resolve().parents[1] / "recipes" / "reproduce.yaml")
     assert set(repro.tasks) == {"qa", "convsearch", "chat", "lrlm", "icl", "tool"}
     assert {"full", "no_llm_reward", "no_instructions", "no_homogeneous", "kl_not_stabilized"} <= set(repro.variants)
+    check = load_config(Path(__file__).resolve().parents[1] / "recipes" / "six-task.yaml")
+    assert set(check.tasks) == set(repro.tasks) and check.tasks["icl"].teacher == "gemma3"
+    assert check.variants["full"] == {"anchor_weight": 4.0, "pool_instructions": False}
 
 
 def test_variant_task_subset(tmp_path, data_dir, monkeypatch, capsys):
