@@ -116,9 +116,38 @@ def _distributed_losses(rank: int, world: int, port: int, results) -> None:
             value = loss.calculate_loss([[q], [k]], teacher[local])
             value.backward()
             out[name] = (float(value.detach()), q.grad.clone(), k.grad.clone())
+        # the anchor term: the base model's keys are gathered from every process like the student's
+        base_queries = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+        base_keys = torch.randn(n * group, dim, generator=gen, dtype=torch.float64)
+        loss = _anchored_loss()
+        scores = loss.anchor_scores({"input_ids": base_queries[local]}, {"input_ids": base_keys[local_keys]}, {})
+        q = queries[local].clone().requires_grad_()
+        k = keys[local_keys].clone().requires_grad_()
+        value = loss.calculate_loss([[q], [k]], {"teacher_scores": teacher[local], "anchor_scores": scores})
+        value.backward()
+        out["anchored"] = (float(value.detach()), q.grad.clone(), k.grad.clone())
         results[rank] = out
     finally:
         dist.destroy_process_group()
+
+
+class _GivenVectors(torch.nn.Module):
+    """A stand-in base model whose "embedding" of a feature dict is its ``input_ids`` tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, features: dict) -> dict:
+        return {"sentence_embedding": features["input_ids"]}
+
+
+def _anchored_loss():
+    from llm_embedder.training.losses import StabilizedDistillationLoss
+    from llm_embedder.training.losses.anchor import AnchoredLoss
+
+    inner = StabilizedDistillationLoss(temperature=0.05)
+    return AnchoredLoss(inner=inner, anchor=_GivenVectors(), weight=0.7, anchor_temperature=0.1)
 
 
 def test_cross_process_losses_equal_one_process():
@@ -150,3 +179,17 @@ def test_cross_process_losses_equal_one_process():
         k_grad = torch.cat([results[r][name][2] for r in range(world)]) / world
         torch.testing.assert_close(q_grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
         torch.testing.assert_close(k_grad, k.grad, rtol=1e-9, atol=1e-12, msg=name)
+    base_queries = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    base_keys = torch.randn(n * group, dim, generator=gen, dtype=torch.float64)
+    loss = _anchored_loss()
+    scores = loss.anchor_scores({"input_ids": base_queries}, {"input_ids": base_keys}, {})
+    q, k = queries.clone().requires_grad_(), keys.clone().requires_grad_()
+    value = loss.calculate_loss([[q], [k]], {"teacher_scores": teacher, "anchor_scores": scores})
+    value.backward()
+    # the base's similarities are float32 (a matrix product over other row blocks rounds differently): 1e-6
+    mean = sum(results[r]["anchored"][0] for r in range(world)) / world
+    assert mean == pytest.approx(float(value.detach()), rel=1e-6)
+    q_grad = torch.cat([results[r]["anchored"][1] for r in range(world)]) / world
+    k_grad = torch.cat([results[r]["anchored"][2] for r in range(world)]) / world
+    torch.testing.assert_close(q_grad, q.grad, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(k_grad, k.grad, rtol=1e-5, atol=1e-8)
