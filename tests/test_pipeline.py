@@ -331,3 +331,14 @@ def test_a_second_pipeline_in_the_same_run_folder_is_refused(tmp_path, data_dir,
         "folder (wait for it to finish, or choose another output path)"
     )
     assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["state"], "no stage ran"
+
+
+def test_stdlib_tools_hold_no_memory_addresses():
+    """A default value's repr ("<function copy2 at 0x7f...>") must not make the demo's data differ between runs."""
+    import re
+
+    from llm_embedder.pipeline.stdlib_data import build_tool_task
+
+    texts = [row["text"] for row in build_tool_task()["corpus"]]
+    assert any("copy_function=<function copy2>" in text for text in texts)
+    assert not any(re.search(r" at 0x[0-9a-fA-F]+", text) for text in texts)

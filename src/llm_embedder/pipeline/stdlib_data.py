@@ -18,6 +18,9 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+#: " at 0x7f8944113..." in the repr of a default value (a function, an object): a memory address
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
 #: modules whose functions become tools (broad, well documented, pure-Python docstrings)
 TOOL_MODULES = (
     "os",
@@ -144,7 +147,9 @@ def _tools_of(module_name: str) -> list[dict[str, Any]]:
         if len(summary) < 15 or len(detail.split()) < 8:
             continue
         try:
-            signature = str(inspect.signature(obj))
+            # a default value's repr may hold its memory address ("<function copy2 at 0x7f89...>"), which changes
+            # from run to run: drop it, so the same Python builds the same records
+            signature = _ADDRESS.sub("", str(inspect.signature(obj)))
         except (TypeError, ValueError):
             signature = "(...)"
         masked = re.sub(rf"\b{re.escape(name)}\b", "this function", detail)
