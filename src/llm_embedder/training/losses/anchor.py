@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from sentence_transformers.util.environment import is_dist_initialized
 from torch import Tensor, nn
 
-from llm_embedder.training.losses.base import GroupLoss, GroupScores, split_labels
+from llm_embedder.training.losses.base import GroupLoss, GroupScores
 
 #: the label keys the collator writes for the anchor columns' length-sorted rows
 ANCHOR_ORDER = ("anchor_query_order", "anchor_key_order")
@@ -141,20 +141,8 @@ class AnchoredLoss(GroupLoss):
             keys = torch.cat(gathered)
         return queries @ keys.T
 
-    def calculate_loss(self, reps: list[list[Tensor]], labels: Any = None, *, with_backward: bool = False) -> Tensor:
-        parts = split_labels(labels)
-        queries = torch.cat(reps[0])
-        keys = torch.cat(reps[1])
-        if parts["query_order"] is not None:
-            queries = queries[parts["query_order"].to(queries.device)]
-        if parts["key_order"] is not None:
-            keys = keys[parts["key_order"].to(keys.device)]
-        group = self.score(queries, keys, parts["teacher_scores"])
-        loss = self.inner.reduce(group, parts["task"]) + self.weight * self.anchor_term(group, labels)
-        if with_backward:
-            loss.backward()
-            loss = loss.detach()
-        return loss
+    def objective(self, group: GroupScores, task_ids: Tensor | None, labels: Any) -> Tensor:
+        return self.inner.reduce(group, task_ids) + self.weight * self.anchor_term(group, labels)
 
     def anchor_term(self, group: GroupScores, labels: Any) -> Tensor:
         """The mean anchor KL of the step's local queries."""
@@ -165,7 +153,7 @@ class AnchoredLoss(GroupLoss):
             raise ValueError(f"anchor scores have shape {tuple(base.shape)}, the student's {tuple(group.scores.shape)}")
         return anchor_kl(group.scores, base.to(group.scores.device), self.anchor_temperature).mean()
 
-    def per_query_loss(self, group: GroupScores) -> Tensor:  # pragma: no cover - routed through calculate_loss
+    def per_query_loss(self, group: GroupScores) -> Tensor:  # pragma: no cover - routed through objective
         raise NotImplementedError("AnchoredLoss needs the anchor scores; use forward/calculate_loss")
 
     def get_config_dict(self) -> dict[str, Any]:

@@ -181,11 +181,15 @@ class GroupLoss(CachedLossMixin, nn.Module):
         if parts["key_order"] is not None:
             keys = keys[parts["key_order"].to(keys.device)]
         group = self.score(queries, keys, parts["teacher_scores"])
-        loss = self.reduce(group, parts["task"])
+        loss = self.objective(group, parts["task"], labels)
         if with_backward:
             loss.backward()
             loss = loss.detach()
         return loss
+
+    def objective(self, group: GroupScores, task_ids: Tensor | None, labels: Any) -> Tensor:
+        """The step's loss from its scores; a loss that reads more of the labels (the anchor term) extends it."""
+        return self.reduce(group, task_ids)
 
     def reduce(self, group: GroupScores, task_ids: Tensor | None) -> Tensor:
         """Mean over the local queries (:class:`~.multitask.MultiTaskLoss` routes by ``task_ids`` first)."""
