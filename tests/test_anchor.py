@@ -222,3 +222,80 @@ def test_the_anchor_keeps_a_trained_model_near_the_base(tmp_path):
         in (tmp_path / "anchored" / "README.md").read_text()
     )
     assert "anchor to the base" not in (tmp_path / "plain" / "README.md").read_text()
+
+
+def test_per_task_weights_weigh_each_querys_kl_by_its_task(tiny_model):
+    """``task_weights`` overrides lambda for the queries of the tasks it names, row by row (a mixed step here)."""
+    model = copy.deepcopy(tiny_model)
+    base = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model.eval()
+    _, features, label = _batch(model)
+    label = {**label, "task": torch.tensor([0, 1, 0, 1])}
+
+    def losses():
+        return {"qa": StabilizedDistillationLoss(temperature=0.05), "tool": ContrastiveLoss(temperature=0.05)}
+
+    loss = AnchoredLoss(
+        model, inner=MultiTaskLoss(losses=losses()), anchor=base, weight=0.7, task_weights={"tool": 2.0}
+    )
+    with torch.no_grad():
+        got = float(loss([dict(f) for f in features], label))
+        inner = float(MultiTaskLoss(model, losses=losses())([dict(f) for f in features[:2]], label))
+        q = model(dict(features[0]))["sentence_embedding"][label["query_order"]]
+        k = model(dict(features[1]))["sentence_embedding"][label["key_order"]]
+        bq = base(dict(features[2]))["sentence_embedding"][label["anchor_query_order"]]
+        bk = base(dict(features[3]))["sentence_embedding"][label["anchor_key_order"]]
+        s = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).T
+        b = torch.nn.functional.normalize(bq, dim=-1) @ torch.nn.functional.normalize(bk, dim=-1).T
+        kl = anchor_kl(s, b, 0.05)
+    assert float(kl[1]) > 0 and float(kl[0]) > 0
+    expected = inner + float((torch.tensor([0.7, 2.0, 0.7, 2.0]) * kl).mean())
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert loss.get_config_dict()["anchor_task_weights"] == {"tool": 2.0}
+    with pytest.raises(ValueError, match=r"unknown task\(s\) chat"):
+        AnchoredLoss(model, inner=MultiTaskLoss(losses=losses()), anchor=base, weight=1.0, task_weights={"chat": 0})
+
+
+def test_per_task_anchor_settings(tmp_path):
+    from llm_embedder.cli.main import build_parser
+    from llm_embedder.cli.train import overrides_from_args
+
+    base = {"data": ["qa=x.jsonl"], "output": "o"}
+    with pytest.raises(UserError, match=r"^anchor_task_weights.tool must be >= 0 \(0: no anchor on tool\), got -2.0$"):
+        TrainConfig.from_dict({**base, "anchor_task_weights": {"tool": -2.0}}).validate()
+    with pytest.raises(UserError, match=r"^anchor_task_weights.tool must be a finite number, got inf$"):
+        TrainConfig.from_dict({**base, "anchor_task_weights": {"tool": float("inf")}}).validate()
+    with pytest.raises(UserError, match=r"^anchor_task_weights must be a mapping, got \['tool'\]"):
+        TrainConfig.from_dict({**base, "anchor_task_weights": ["tool"]}).validate()
+    args = build_parser().parse_args(
+        ["train", "--data", "qa=x.jsonl", "--anchor-weight", "4", "--anchor-task-weight", "tool=0"]
+    )
+    overrides = overrides_from_args(args)
+    assert overrides["anchor_weight"] == 4.0 and overrides["anchor_task_weights"] == {"tool": 0.0}
+    assert TrainConfig.from_dict({**overrides, "output": "o"}).model.anchor_task_weights == {"tool": 0.0}
+
+
+def test_trainer_anchors_when_only_a_task_weight_is_set_and_refuses_unknown_tasks(tmp_path):
+    from train_helpers import write_jsonl
+
+    from llm_embedder.training import train
+
+    common = {
+        "model": build_tiny_model(tmp_path / "tiny"),
+        "data": {"qa": write_jsonl(tmp_path / "qa.jsonl", make_records(8, seed=1))},
+        "steps": 1,
+        "batch_size": 4,
+        "group_size": 3,
+        "query_max_length": 32,
+        "key_max_length": 32,
+        "num_workers": 0,
+        "device": "cpu",
+    }
+    with pytest.raises(UserError, match=r"^anchor_task_weights names task\(s\) tool that no training dataset has"):
+        train({**common, "output": str(tmp_path / "bad"), "anchor_task_weights": {"tool": 0.0}})
+    train({**common, "output": str(tmp_path / "qa-only"), "anchor_task_weights": {"qa": 3.0}})
+    card = (tmp_path / "qa-only" / "README.md").read_text()
+    assert "anchor to the base model's plain-text similarities: weight 0, qa 3" in card

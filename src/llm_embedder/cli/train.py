@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="LAMBDA",
         help="hold the student near the base model's similarities on plain text (default 0: the paper's loss)",
     )
+    add(
+        "--anchor-task-weight",
+        action="append",
+        metavar="TASK=LAMBDA",
+        help="the anchor weight of one task, overriding --anchor-weight (e.g. tool=0); repeat for several tasks",
+    )
     add("--anchor-temperature", type=float, help="temperature of the anchor term (default 0.05)")
     add(
         "--no-pool-instructions",
@@ -170,6 +176,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out["data"] = list(args.data)
     if args.data_weight:
         out["data_weights"] = _pairs(args.data_weight, "--data-weight", float)
+    if args.anchor_task_weight:
+        out["anchor_task_weights"] = _pairs(args.anchor_task_weight, "--anchor-task-weight", float)
     if args.loss_override:
         out["loss_overrides"] = _pairs(args.loss_override, "--loss-override")
     if args.device == "cpu":

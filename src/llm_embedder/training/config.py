@@ -85,6 +85,10 @@ class ModelConfig:
     #: lambda of the anchor term (``training.losses.anchor``): hold the student near the frozen base model's own
     #: similarities on plain text while it learns the tasks; 0 = the paper's loss alone
     anchor_weight: float = 0.0
+    #: per-task lambda, overriding ``anchor_weight`` for the tasks named ({tool: 0}: no anchor on tool). Why: the
+    #: anchor helps where the base is already good and the task is narrow (qa, chat), and holds the student back
+    #: where the base is weak - tool, where the plain base is far below BM25 (issue 14, docs/results.md)
+    anchor_task_weights: dict[str, float] = field(default_factory=dict)
     #: temperature of the anchor term's two distributions
     anchor_temperature: float = 0.05
 
@@ -244,6 +248,14 @@ class TrainConfig:
             raise UserError("no output folder", hint="pass -o OUT (or 'output' in the recipe)")
         if not d.data:
             raise UserError("no training data", hint="pass --data NAME=FILE (e.g. --data qa=train.jsonl)")
+        mappings = (
+            ("data_weights", d.data_weights, "{qa: 2.0}"),
+            ("anchor_task_weights", m.anchor_task_weights, "{tool: 0.0}"),
+            ("loss_overrides", d.loss_overrides, "{qa: contrastive}"),
+        )
+        for name, value, example in mappings:
+            if not isinstance(value, Mapping):
+                raise UserError(f"{name} must be a mapping, got {value!r}", hint=f"e.g. {name}: {example}")
         names = [ds.name for ds in d.data]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -282,6 +294,7 @@ class TrainConfig:
             "temperature": m.temperature,
             "anchor_weight": m.anchor_weight,
             "anchor_temperature": m.anchor_temperature,
+            **{f"anchor_task_weights.{task}": value for task, value in m.anchor_task_weights.items()},
             "warmup": t.warmup,
             "weight_decay": t.weight_decay,
             "max_grad_norm": t.max_grad_norm,
@@ -303,6 +316,9 @@ class TrainConfig:
             )
         if m.anchor_weight < 0:
             raise UserError(f"anchor_weight must be >= 0 (0: no anchor term), got {m.anchor_weight!r}")
+        for task, value in m.anchor_task_weights.items():
+            if value < 0:
+                raise UserError(f"anchor_task_weights.{task} must be >= 0 (0: no anchor on {task}), got {value!r}")
         if t.warmup < 0:
             raise UserError(f"warmup must be >= 0 (a fraction < 1 or a number of steps), got {t.warmup!r}")
         if t.weight_decay < 0:

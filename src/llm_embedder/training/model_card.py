@@ -52,9 +52,11 @@ def render_model_card(summary: dict[str, Any]) -> str:
     ]
     if cfg.get("pool_instructions") is False:
         switches.append("pooling: the text's tokens only (the instruction is left out of the vector)")
-    if cfg.get("anchor_weight"):
+    task_weights = cfg.get("anchor_task_weights") or {}
+    if cfg.get("anchor_weight") or any(task_weights.values()):
+        per_task = "".join(f", {task} {weight:g}" for task, weight in task_weights.items())
         switches.append(
-            f"anchor to the base model's plain-text similarities: weight {cfg['anchor_weight']:g}, "
+            f"anchor to the base model's plain-text similarities: weight {cfg['anchor_weight']:g}{per_task}, "
             f"temperature {cfg['anchor_temperature']:g}"
         )
     if cfg.get("distillation"):

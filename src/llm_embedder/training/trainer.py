@@ -463,10 +463,19 @@ def _set_instruction_pooling(model: Any, *, include: bool) -> None:
 
 
 def _build_loss(config: TrainConfig, embedder: Any, task_losses: Mapping[str, GroupLoss]) -> GroupLoss:
-    """Every task's loss in one module; with ``anchor_weight`` > 0 wrapped in the anchor term to a frozen copy of
-    the base model (copied before the first step, so it is the base even when a run resumes)."""
+    """Every task's loss in one module; with an anchor weight > 0 (``anchor_weight`` or one of
+    ``anchor_task_weights``) wrapped in the anchor term to a frozen copy of the base model (copied before the first
+    step, so it is the base even when a run resumes)."""
     chunk = config.training.grad_cache_chunk
-    if config.model.anchor_weight <= 0:
+    task_weights = config.model.anchor_task_weights
+    unknown = sorted(set(task_weights) - set(task_losses))
+    if unknown:
+        raise UserError(
+            f"anchor_task_weights names task(s) {', '.join(unknown)} that no training dataset has",
+            hint=f"the run's tasks: {', '.join(task_losses)}",
+        )
+    weights = [task_weights.get(task, config.model.anchor_weight) for task in task_losses]
+    if max(weights, default=0.0) <= 0:
         return MultiTaskLoss(embedder.model, losses=task_losses, mini_batch_size=chunk)
     anchor = copy.deepcopy(embedder.model)
     return AnchoredLoss(
@@ -474,6 +483,7 @@ def _build_loss(config: TrainConfig, embedder: Any, task_losses: Mapping[str, Gr
         inner=MultiTaskLoss(None, losses=task_losses),
         anchor=anchor,
         weight=config.model.anchor_weight,
+        task_weights=task_weights,
         anchor_temperature=config.model.anchor_temperature,
         mini_batch_size=chunk,
     )

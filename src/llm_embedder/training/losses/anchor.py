@@ -60,6 +60,9 @@ class AnchoredLoss(GroupLoss):
         inner: the task loss, built without a model (this loss embeds once for both parts).
         anchor: the frozen base model (a SentenceTransformer); it is put in eval mode and its parameters frozen.
         weight: lambda; 0 gives ``inner`` alone (the anchor columns are still read, so a step costs the same).
+        task_weights: per-task lambda ``{task: weight}`` overriding ``weight`` for the queries of those tasks (the
+            task ids of the labels index ``inner.task_names``); e.g. ``{"tool": 0}`` lets tool move freely, where
+            the base is weak, while the other tasks stay anchored.
         anchor_temperature: tau_a of both distributions of the term.
         mini_batch_size / gather_across_devices: see :class:`GroupLoss` (gradient caching covers the student; the
             base needs no graph).
@@ -77,6 +80,7 @@ class AnchoredLoss(GroupLoss):
         inner: GroupLoss,
         anchor: nn.Module,
         weight: float,
+        task_weights: Mapping[str, float] | None = None,
         anchor_temperature: float = DEFAULT_ANCHOR_TEMPERATURE,
         mini_batch_size: int | None = None,
         gather_across_devices: bool = True,
@@ -92,12 +96,19 @@ class AnchoredLoss(GroupLoss):
         if not anchor_temperature > 0:
             raise ValueError(f"anchor temperature must be > 0, got {anchor_temperature}")
         self.inner = inner
+        task_weights = dict(task_weights or {})
+        unknown = sorted(set(task_weights) - set(self.task_names))
+        if unknown:
+            raise ValueError(f"anchor weight given for unknown task(s) {', '.join(unknown)}; tasks: {self.task_names}")
+        if any(not value >= 0 for value in task_weights.values()):
+            raise ValueError(f"anchor task weights must be >= 0, got {task_weights}")
         anchor.eval()
         for parameter in anchor.parameters():
             parameter.requires_grad_(False)
         # a tuple, not an attribute nn.Module registers: the trainer must not optimise, save or cast the base
         self._anchor = (anchor,)
         self.weight = float(weight)
+        self.task_weights = {task: float(value) for task, value in task_weights.items()}
         self.anchor_temperature = float(anchor_temperature)
 
     @property
@@ -142,16 +153,27 @@ class AnchoredLoss(GroupLoss):
         return queries @ keys.T
 
     def objective(self, group: GroupScores, task_ids: Tensor | None, labels: Any) -> Tensor:
-        return self.inner.reduce(group, task_ids) + self.weight * self.anchor_term(group, labels)
+        return self.inner.reduce(group, task_ids) + self.anchor_term(group, labels, task_ids)
 
-    def anchor_term(self, group: GroupScores, labels: Any) -> Tensor:
-        """The mean anchor KL of the step's local queries."""
+    def query_weights(self, task_ids: Tensor | None, n: int, device: torch.device) -> Tensor:
+        """``(n,)`` lambda of each local query: its task's weight, else ``weight`` (queries without a task id are of
+        the first task, as :class:`~.multitask.MultiTaskLoss` reads them)."""
+        per_task = torch.tensor(
+            [self.task_weights.get(task, self.weight) for task in self.task_names] or [self.weight], device=device
+        )
+        if task_ids is None:
+            return per_task[0].expand(n)
+        return per_task[task_ids.to(device)]
+
+    def anchor_term(self, group: GroupScores, labels: Any, task_ids: Tensor | None = None) -> Tensor:
+        """lambda x the anchor KL, averaged over the step's local queries (each weighted by its task's lambda)."""
         base = labels["anchor_scores"] if isinstance(labels, Mapping) else None
         if base is None:
             raise ValueError("AnchoredLoss needs the base model's scores (run it through forward)")
         if base.shape != group.scores.shape:
             raise ValueError(f"anchor scores have shape {tuple(base.shape)}, the student's {tuple(group.scores.shape)}")
-        return anchor_kl(group.scores, base.to(group.scores.device), self.anchor_temperature).mean()
+        kl = anchor_kl(group.scores, base.to(group.scores.device), self.anchor_temperature)
+        return (self.query_weights(task_ids, kl.shape[0], kl.device).to(kl.dtype) * kl).mean()
 
     def per_query_loss(self, group: GroupScores) -> Tensor:  # pragma: no cover - routed through objective
         raise NotImplementedError("AnchoredLoss needs the anchor scores; use forward/calculate_loss")
@@ -160,5 +182,6 @@ class AnchoredLoss(GroupLoss):
         return {
             **self.inner.get_config_dict(),
             "anchor_weight": self.weight,
+            "anchor_task_weights": dict(self.task_weights),
             "anchor_temperature": self.anchor_temperature,
         }
