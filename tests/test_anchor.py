@@ -279,23 +279,14 @@ def test_per_task_anchor_settings(tmp_path):
 
 
 def test_trainer_anchors_when_only_a_task_weight_is_set_and_refuses_unknown_tasks(tmp_path):
-    from train_helpers import write_jsonl
+    from train_helpers import one_step_recipe, write_jsonl
 
     from llm_embedder.training import train
 
-    common = {
-        "model": build_tiny_model(tmp_path / "tiny"),
-        "data": {"qa": write_jsonl(tmp_path / "qa.jsonl", make_records(8, seed=1))},
-        "steps": 1,
-        "batch_size": 4,
-        "group_size": 3,
-        "query_max_length": 32,
-        "key_max_length": 32,
-        "num_workers": 0,
-        "device": "cpu",
-    }
+    model = build_tiny_model(tmp_path / "tiny")
+    data = {"qa": write_jsonl(tmp_path / "qa.jsonl", make_records(8, seed=1))}
     with pytest.raises(UserError, match=r"^anchor_task_weights names task\(s\) tool that no training dataset has"):
-        train({**common, "output": str(tmp_path / "bad"), "anchor_task_weights": {"tool": 0.0}})
-    train({**common, "output": str(tmp_path / "qa-only"), "anchor_task_weights": {"qa": 3.0}})
+        train(one_step_recipe(model, data, tmp_path / "bad", anchor_task_weights={"tool": 0.0}))
+    train(one_step_recipe(model, data, tmp_path / "qa-only", anchor_task_weights={"qa": 3.0}))
     card = (tmp_path / "qa-only" / "README.md").read_text()
     assert "anchor to the base model's plain-text similarities: weight 0, qa 3" in card

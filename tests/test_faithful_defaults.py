@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate.data_loader import BatchSamplerShard
-from train_helpers import build_tiny_model, make_records, write_jsonl
+from train_helpers import build_tiny_model, make_records, one_step_recipe, write_jsonl
 
 from llm_embedder.data.records import Record
 from llm_embedder.errors import UserError
@@ -254,18 +254,7 @@ def test_a_registered_loss_is_valid_in_the_task_table_and_trains(tmp_path):
         model = build_tiny_model(tmp_path / "tiny")
         data = write_jsonl(tmp_path / "mine.jsonl", make_records(8, seed=5, task="mine"))
         out = tmp_path / "out"
-        recipe = {
-            "model": model,
-            "data": {"mine": data},
-            "output": str(out),
-            "steps": 1,
-            "batch_size": 4,
-            "group_size": 3,
-            "query_max_length": 32,
-            "key_max_length": 32,
-            "num_workers": 0,
-            "device": "cpu",
-        }
+        recipe = one_step_recipe(model, {"mine": data}, out)
         assert train(recipe, registry=tasks) == str(out)
         summary = json.loads((out / "training_summary.json").read_text())
         assert summary["metrics"]["steps"] == 1 and summary["metrics"]["training_loss"] > 0

@@ -80,3 +80,20 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(path)
+
+
+def one_step_recipe(model: str, data: dict[str, str], output: Path, **extra: object) -> dict:
+    """The smallest training recipe a test can run: one step of 4 queries x 3 keys, 32-token texts, on the CPU."""
+    return {
+        "model": model,
+        "data": data,
+        "output": str(output),
+        "steps": 1,
+        "batch_size": 4,
+        "group_size": 3,
+        "query_max_length": 32,
+        "key_max_length": 32,
+        "num_workers": 0,
+        "device": "cpu",
+        **extra,
+    }
