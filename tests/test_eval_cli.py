@@ -81,6 +81,8 @@ def _bad_record_file(tmp_path: Path) -> Path:
         ("bad_downstream_limit", "--downstream-limit must be at least 1"),
         ("missing_lm", "LM folder ./no/such/lm not found"),
         ("bad_task_file", "unknown downstream scenario 'poetry'"),
+        ("unknown_baseline", "unknown baseline 'bm2' (choose one of the evaluated retrievers: bm25, none)"),
+        ("blind_baseline", "baseline 'none' retrieves nothing, so it has no per-query retrieval metrics"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(case, expected, data_dir, tiny_lm_dir, tmp_path, capsys, isolated_tasks):
@@ -115,6 +117,8 @@ def test_bad_input_is_one_line_exit_2(case, expected, data_dir, tiny_lm_dir, tmp
         ],
         "missing_encoder": ["--task", "chat", "--data", chat, "-r", "./no/such/encoder", *lm],
         "duplicate_retriever": ["--task", "chat", "--data", chat, "-r", "bm25", "-r", "bm25", *lm],
+        "unknown_baseline": ["--task", "chat", "--data", chat, "-r", "bm25", "-r", "none", "--baseline", "bm2", *lm],
+        "blind_baseline": ["--task", "chat", "--data", chat, "-r", "bm25", "-r", "none", "--baseline", "none", *lm],
         "bad_limit": ["--task", "chat", "--data", chat, "-r", "none", "--limit", "0", *lm],
         "bad_downstream_limit": ["--task", "chat", "--data", chat, "-r", "none", "--downstream-limit", "0", *lm],
         "missing_lm": ["--task", "chat", "--data", chat, "-r", "none", "--lm", "./no/such/lm", "--limit", "2"],
@@ -243,6 +247,10 @@ def test_unseen_tasks_from_a_task_file(tiny_lm_dir, tmp_path, capsys, isolated_t
     assert results["results"]["bm25"]["recall@2"] == pytest.approx(1.0)  # the words overlap: BM25 finds them
     assert "ndcg@2" not in results["results"]["none"]
     assert math.isfinite(results["results"]["none"]["answer_logprob"])
+    # the LLM metrics have no per-query values: the pairs compare the main retrieval metric
+    assert results["main_metric"] == "contains_answer" and results["paired_metric"] == "ndcg@2"
+    assert {name: list(against) for name, against in results["paired"].items()} == {"random": ["bm25"]}
+    assert "paired differences (ndcg@2, the main retrieval metric)" in (out / "recipes.md").read_text()
 
     # a retrieval-only unseen task against each record's own candidates (no corpus, no LLM needed)
     gadgets = write_jsonl(

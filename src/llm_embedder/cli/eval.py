@@ -6,6 +6,9 @@ OUT/<task>.json, OUT/<task>.md and OUT/<task>.png (one bar chart per metric).
 
 Retrievers: none, random, recency (chat/lrlm: the latest candidates), bm25, hybrid (bm25 + default, or
 hybrid:PATH), default (the bundled MiniLM), an encoder folder or hub id; label any of them as LABEL=SPEC.
+
+Below the table, every retriever is compared with the baselines (--baseline; default bm25 and base when present) on
+the main retrieval metric, query by query: mean difference, 95% bootstrap interval and randomization-test p-value.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SPEC",
         required=True,
         help="a retriever to compare (repeat): none, random, recency, bm25, hybrid[:PATH], default, PATH, LABEL=SPEC",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        dest="baselines",
+        metavar="NAME",
+        default=None,
+        help="compare every retriever with this one, query by query (repeat; default: bm25 and base when present)",
     )
     parser.add_argument(
         "--lm", default=None, help="causal LM: smollm2 (default), gemma3, a folder, a .gguf or a hub id"
@@ -82,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         key_template=args.key_template,
         lm_dtype=args.lm_dtype,
         device=args.device,
+        baselines=args.baselines,
         show_progress=not args.quiet,
     )
     print(render_markdown(results), end="")

@@ -158,12 +158,15 @@ def compute_metrics(
     run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]], metrics: Sequence[str]
 ) -> dict[str, float]:
     """Mean of each metric over the judged queries of ``qrels`` (see the module docstring for the conventions)."""
-    names = [parse_metric(m) for m in metrics]
-    per_query = per_query_metrics(run, qrels, metrics)
-    if not per_query:
+    return mean_metrics(per_query_metrics(run, qrels, metrics).values())
+
+
+def mean_metrics(per_query: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Average per-query metric dicts (all with the same keys): the numbers :func:`compute_metrics` reports."""
+    rows = list(per_query)
+    if not rows:
         raise UserError("no query has a relevant document, so retrieval metrics are undefined")
-    n = len(per_query)
-    return {m.text: sum(values[m.text] for values in per_query.values()) / n for m in names}
+    return {name: sum(r[name] for r in rows) / len(rows) for name in rows[0]}
 
 
 # ---------------------------------------------------------------------------------------------------- adapters
@@ -275,11 +278,3 @@ def candidate_qrels(records: Sequence[Record], query_ids: Sequence[str]) -> dict
         elif record.num_pos > 0:
             qrels[str(qid)] = {str(i): 1 for i in range(record.num_pos)}
     return qrels
-
-
-def mean_metrics(per_query: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Average per-query metric dicts (all with the same keys)."""
-    rows = list(per_query)
-    if not rows:
-        return {}
-    return {name: sum(r[name] for r in rows) / len(rows) for name in rows[0]}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder.errors import UserError
+from llm_embedder.evaluation.significance import SIGNIFICANCE
 from llm_embedder.utils.files import atomic_write, write_json
 
 
@@ -67,7 +68,39 @@ def render_markdown(results: dict[str, Any], *, digits: int = 4) -> str:
             text = _fmt(row.get(metric), digits)
             cells.append(f"**{text}**" if name in best[metric] and len(results["retrievers"]) > 1 else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.extend(render_paired(results))
     return "\n".join(lines) + "\n"
+
+
+def render_paired(results: dict[str, Any], *, digits: int = 3) -> list[str]:
+    """Lines below the table: each retriever against each baseline on the paired metric (none without pairs).
+
+    ``full vs base: +0.012 [-0.008, +0.031], p = 0.24 (n = 100)``: mean per-query difference, its 95% bootstrap
+    interval, the randomization test's p and the number of paired queries (see :mod:`.significance`).
+    """
+    paired = results.get("paired") or {}
+    if not paired:
+        return []
+    metric = results.get("paired_metric")
+    what = f"main metric {metric}" if metric == results.get("main_metric") else f"{metric}, the main retrieval metric"
+    lines = [
+        "",
+        f"paired differences ({what}): retriever minus baseline on the queries judged for both, "
+        f"mean [95% bootstrap CI], two-sided randomization test p; * = p < {SIGNIFICANCE}",
+        "",
+    ]
+    for name, against in paired.items():
+        for baseline, r in against.items():
+            lines.append(f"- {name} vs {baseline}: {_paired_text(r, digits)}")
+    return lines
+
+
+def _paired_text(r: dict[str, Any], digits: int) -> str:
+    if r.get("p") is None:
+        return f"no test (n = {r['n']} paired {'query' if r['n'] == 1 else 'queries'})"
+    p = "p < 0.001" if r["p"] < 0.001 else f"p = {r['p']:.3g}"
+    star = " *" if r["p"] < SIGNIFICANCE else ""
+    return f"{r['diff']:+.{digits}f} [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}], {p} (n = {r['n']}){star}"
 
 
 def plot_results(results: dict[str, Any], path: str | os.PathLike[str]) -> str:

@@ -22,9 +22,10 @@ from llm_embedder.data.records import Record, load_records
 from llm_embedder.errors import UserError
 from llm_embedder.evaluation.downstream.base import DownstreamEvaluator, DownstreamSettings, LanguageModel
 from llm_embedder.evaluation.downstream.registry import get_downstream
-from llm_embedder.evaluation.metrics import compute_metrics
+from llm_embedder.evaluation.metrics import mean_metrics, per_query_metrics
 from llm_embedder.evaluation.retrieve import RetrievalOutcome, retrieve
 from llm_embedder.evaluation.retrievers import EvalRetriever, build_retriever, caching_loader
+from llm_embedder.evaluation.significance import DEFAULT_BASELINES, check_baselines, compare_to_baselines
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 from llm_embedder.tasks.spec import TaskSpec
 
@@ -67,11 +68,16 @@ def load_language_model(lm: Any, *, dtype: str = "fp32", device: str | None = No
     return LanguageModel(model, tokenizer, name=str(lm) if lm is not None else DEFAULT_LM)
 
 
-def retrieval_metrics(outcome: RetrievalOutcome, metrics: Sequence[str]) -> dict[str, float]:
-    """The task's retrieval metrics over the judged records (a judged record without hits scores 0)."""
+def retrieval_metrics(
+    outcome: RetrievalOutcome, metrics: Sequence[str]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The task's retrieval metrics over the judged records (a judged record without hits scores 0): the means, and
+    the per-query values ``{metric: {query id: value}}`` they average, kept for paired comparisons."""
     if not outcome.qrels or not metrics:
-        return {}
-    return {name: float(value) for name, value in compute_metrics(outcome.run, outcome.qrels, list(metrics)).items()}
+        return {}, {}
+    rows = per_query_metrics(outcome.run, outcome.qrels, list(metrics))
+    means = {name: float(value) for name, value in mean_metrics(rows.values()).items()}
+    return means, {name: {qid: values[name] for qid, values in rows.items()} for name in means}
 
 
 def _resolve_task(task: str | TaskSpec, registry: TaskRegistry | None) -> tuple[TaskSpec, TaskRegistry]:
@@ -110,6 +116,7 @@ def evaluate(
     device: str | None = None,
     registry: TaskRegistry | None = None,
     settings: DownstreamSettings | None = None,
+    baselines: Sequence[str] | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Compare ``retrievers`` on ``task``: retrieval metrics and the LLM's downstream metrics, per retriever.
@@ -129,10 +136,16 @@ def evaluate(
         downstream_limit: give the LLM only the first N of the evaluated records (retrieval metrics still use all
             of them): the LLM is the expensive part, the retrieval metrics want many records.
         key_template: render corpus rows with this instead of the task's ``key_template``.
+        baselines: retrievers every other one is compared with on the main retrieval metric, query by query
+            (:mod:`llm_embedder.evaluation.significance`; seeded with ``seed``). Default: ``bm25`` and ``base``
+            when present.
 
     Returns:
         a JSON-able dict: ``results`` maps each retriever label to ``{metric: value}``; ``metrics`` lists the
-        columns in display order, ``lower_is_better`` the metrics where smaller wins, plus run details.
+        columns in display order, ``lower_is_better`` the metrics where smaller wins; ``per_query`` holds the
+        retrieval metrics' per-query values (``{retriever: {metric: {query id: value}}}``) and ``paired`` the
+        comparisons on ``paired_metric`` (``{retriever: {baseline: {diff, ci_low, ci_high, p, n}}}``); plus run
+        details.
     """
     started = time.perf_counter()
     spec, registry = _resolve_task(task, registry)
@@ -188,11 +201,20 @@ def evaluate(
     duplicates = sorted({name for name in labels if labels.count(name) > 1})
     if duplicates:
         raise UserError(f"retriever {duplicates[0]!r} given twice", hint="label them apart: --retriever LABEL=SPEC")
+    if baselines is not None:
+        check_baselines(baselines, labels)
+        blind = next((r.name for r in built if r.name in baselines and not r.retrieves), None)
+        if blind is not None:
+            raise UserError(
+                f"baseline {blind!r} retrieves nothing, so it has no per-query retrieval metrics to compare with",
+                hint="choose a retriever that retrieves",
+            )
     for retriever in built:
         retriever.prepare(spec)
 
     depth = retrieval_depth(spec.evaluation.metrics, evaluator.top_k)
     results: dict[str, dict[str, float]] = {}
+    per_query: dict[str, dict[str, dict[str, float]]] = {}
     details: dict[str, dict[str, Any]] = {}
     outcomes: dict[str, RetrievalOutcome] = {}
     # Retrieval first, for every retriever: it is cheap next to the LLM and fails fast on a bad combination.
@@ -203,7 +225,10 @@ def evaluate(
             records, retriever, task=spec.name, corpus=corpus, depth=depth, candidates_only=candidates_only
         )
         outcomes[retriever.name] = outcome
-        results[retriever.name] = retrieval_metrics(outcome, spec.evaluation.metrics) if retriever.retrieves else {}
+        if retriever.retrieves:
+            results[retriever.name], per_query[retriever.name] = retrieval_metrics(outcome, spec.evaluation.metrics)
+        else:
+            results[retriever.name] = {}
         details[retriever.name] = {
             "pool": outcome.pool,
             "judged_records": len(outcome.qrels),
@@ -229,6 +254,14 @@ def evaluate(
     computed = {name for metrics in results.values() for name in metrics}
     order = [m for m in (*(evaluator.metrics if run_downstream else ()), *spec.evaluation.metrics) if m in computed]
     main = next((m for m in order if m in evaluator.metrics), spec.evaluation.main_metric)
+    main = main if main in computed else (order[0] if order else None)
+    # the LLM metrics have no per-query values: then the comparison is on the task's main retrieval metric
+    with_values = {m for values in per_query.values() for m in values}
+    paired_metric = next(
+        (m for m in (main, spec.evaluation.main_metric, *spec.evaluation.metrics) if m in with_values), None
+    )
+    values = {name: per_query[name][paired_metric] for name in labels if paired_metric in per_query.get(name, {})}
+    used_baselines = [b for b in (DEFAULT_BASELINES if baselines is None else baselines) if b in values]
     return {
         "format": RESULTS_FORMAT,
         "task": spec.name,
@@ -247,11 +280,15 @@ def evaluate(
         "seed": seed,
         "retrievers": labels,
         "metrics": order,
-        "main_metric": main if main in computed else (order[0] if order else None),
+        "main_metric": main,
         "lower_is_better": sorted(m for m in order if m in evaluator.lower_is_better),
         "results": {name: {m: _clean(v) for m, v in metrics.items()} for name, metrics in results.items()},
+        "paired_metric": paired_metric,
+        "baselines": used_baselines,
+        "paired": compare_to_baselines(values, used_baselines, seed=seed),
         "details": details,
         "seconds": round(time.perf_counter() - started, 2),
+        "per_query": per_query,
     }
 
 

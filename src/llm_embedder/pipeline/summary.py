@@ -83,6 +83,15 @@ def plot_summary(results: dict[str, dict[str, Any]], columns: list[tuple[str, st
     plt.close(fig)
 
 
+def _paired_note(results: dict[str, dict[str, Any]]) -> str:
+    """Where the paired differences are: a 0.01 gap in the table may be noise on a small dev set."""
+    tasks = [task for task, r in results.items() if r.get("paired")]
+    if not tasks:
+        return ""
+    files = ", ".join(f"eval/{task}.md" for task in tasks)
+    return f"Paired differences against the baselines (bootstrap CI, randomization-test p): {files}.\n\n"
+
+
 def write_summary(
     config: PipelineConfig, results: dict[str, dict[str, Any]], seconds: dict[str, float], root: Path
 ) -> dict[str, Any]:
@@ -94,11 +103,16 @@ def write_summary(
         f"# {config.name}: before/after training\n\n"
         f"Base encoder `{config.encoder}`, LLM `{config.lm}`, {config.train['steps']} steps x {config.train['batch_size']} "
         f"queries x group {config.train['group_size']}. Dev records per task: {records}.\n\n{table}\n"
-        "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "\n"
+        + _paired_note(results)
+        + "Stage times (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+        + "\n"
     )
     with atomic_write(root / "summary.md") as handle:
         handle.write(text)
-    summary = {"columns": [list(c) for c in columns], "results": results, "seconds": seconds}
+    # the per-query values stay in eval/<task>.json: the summary is the overview
+    overview = {task: {k: v for k, v in r.items() if k != "per_query"} for task, r in results.items()}
+    summary = {"columns": [list(c) for c in columns], "results": overview, "seconds": seconds}
     write_json(root / "summary.json", summary)
     plot_summary(results, columns, root / "summary.png")
     print(table)
