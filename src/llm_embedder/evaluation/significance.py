@@ -44,6 +44,7 @@ EXACT_MAX_QUERIES = 16
 #: fewer paired queries than this: no interval and no test
 MIN_QUERIES = 2
 CONFIDENCE = 0.95
+#: the level the report marks (``*``)
 SIGNIFICANCE = 0.05
 
 
@@ -56,10 +57,6 @@ class PairedDifference:
     ci_high: float | None
     p: float | None
     n: int
-
-    @property
-    def significant(self) -> bool:
-        return self.p is not None and self.p < SIGNIFICANCE
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
