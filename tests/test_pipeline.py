@@ -81,7 +81,12 @@ def test_demo_recipe_is_valid():
     assert {"full", "no_llm_reward", "no_instructions", "no_homogeneous", "kl_not_stabilized"} <= set(repro.variants)
     check = load_config(Path(__file__).resolve().parents[1] / "recipes" / "six-task.yaml")
     assert set(check.tasks) == set(repro.tasks) and check.tasks["icl"].teacher == "gemma3"
-    assert check.variants["full"] == {"anchor_weight": 4.0, "pool_instructions": False}
+    assert check.variants["full"] == {
+        "anchor_weight": 4.0,
+        "anchor_task_weights": {"tool": 0.0},
+        "pool_instructions": False,
+    }
+    assert check.variants["no_anchor"] == {"anchor_weight": 0.0}
 
 
 def test_variant_task_subset(tmp_path, data_dir, monkeypatch, capsys):
