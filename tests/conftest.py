@@ -28,3 +28,15 @@ def embedder():
     from llm_embedder import LLMEmbedder
 
     return LLMEmbedder(device="cpu")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test, restored afterwards: the machine is shared, and one thread is much
+    faster than two contended ones (modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,13 +16,7 @@ from llm_embedder.training.config import TrainConfig
 from llm_embedder.training.losses import ContrastiveLoss, MultiTaskLoss, StabilizedDistillationLoss
 from llm_embedder.training.losses.anchor import AnchoredLoss, anchor_kl
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

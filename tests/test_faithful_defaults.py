@@ -29,13 +29,7 @@ from llm_embedder.training.group_sampler import Candidates
 from llm_embedder.training.losses import LOSSES, ContrastiveLoss, StabilizedDistillationLoss, register_loss
 from llm_embedder.training.task_losses import build_group_sampler, build_task_loss, resolve_training_spec
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fixed_step(n: int = 3, group: int = 4, dim: int = 6, seed: int = 0):

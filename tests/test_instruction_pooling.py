@@ -10,13 +10,7 @@ from train_helpers import build_tiny_model, make_records, write_jsonl
 from llm_embedder.errors import UserError
 from llm_embedder.training.config import TrainConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_a_model_trained_without_pooled_instructions_encodes_the_text_tokens_only(tmp_path):

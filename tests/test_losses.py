@@ -25,13 +25,7 @@ from llm_embedder.training.losses import (
 TAU = 0.05  # a bit softer than 0.01 so every term matters in the comparisons
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the machine is shared; one intra-op thread is much faster than two contended ones
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_step(n: int = 5, group: int = 4, dim: int = 8, seed: int = 0):
