@@ -14,12 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from net_helpers import free_port
 
 
 class MilvusServer:
@@ -31,7 +26,7 @@ class MilvusServer:
             pytest.skip("milvus-lite is not installed (extra `milvus`)")
         self.exe = exe
         self.data_dir = data_dir
-        self.port = _free_port()
+        self.port = free_port()
         self.uri = f"milvus://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / "milvus-lite.log"

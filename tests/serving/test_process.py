@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import free_port
+from net_helpers import free_port
 
 from llm_embedder.retrieval.store import open_store
 from llm_embedder.serving.service import MEMORY_COLLECTION

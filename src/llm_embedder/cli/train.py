@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("--query-max-length", type=int, help="query token budget (default 256)")
     add("--key-max-length", type=int, help="key token budget (default 256)")
     add(
+        "--task-key-max-length",
+        action="append",
+        metavar="TASK=TOKENS",
+        help="the key budget of one task, overriding --key-max-length (e.g. tool=256); repeat for several tasks",
+    )
+    add(
         "--inference-max-length",
         choices=["model", "training"],
         help="budgets the saved model encodes with: model = what the base encoder reads (default), training = above",
@@ -178,6 +184,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out["data_weights"] = _pairs(args.data_weight, "--data-weight", float)
     if args.anchor_task_weight:
         out["anchor_task_weights"] = _pairs(args.anchor_task_weight, "--anchor-task-weight", float)
+    if args.task_key_max_length:
+        out["task_key_max_length"] = _pairs(args.task_key_max_length, "--task-key-max-length", int)
     if args.loss_override:
         out["loss_overrides"] = _pairs(args.loss_override, "--loss-override")
     if args.device == "cpu":

@@ -139,8 +139,8 @@ class LLMEmbedder:
             self.model.to(_DTYPES[dtype])
         self._restore_tasks(saved)
         default_len = int(self.model.max_seq_length or 512)
-        self.query_max_length = self._check_length(query_max_length or saved.get("query_max_length") or default_len)
-        self.key_max_length = self._check_length(key_max_length or saved.get("key_max_length") or default_len)
+        self.query_max_length = self.check_length(query_max_length or saved.get("query_max_length") or default_len)
+        self.key_max_length = self.check_length(key_max_length or saved.get("key_max_length") or default_len)
         self.batch_size = _check_batch_size(batch_size)
         self.use_instructions = bool(
             self.trained_with_instructions(saved) if use_instructions is None else use_instructions
@@ -207,7 +207,8 @@ class LLMEmbedder:
         limit = getattr(config, "max_position_embeddings", None)
         return int(limit) if isinstance(limit, int) and limit > 0 else None
 
-    def _check_length(self, length: Any) -> int:
+    def check_length(self, length: Any) -> int:
+        """``length`` as a token budget this model can read; a UserError otherwise."""
         # Past the position embeddings a BERT-style model fails deep inside torch; say it up front instead.
         try:
             value = int(length)
@@ -290,7 +291,7 @@ class LLMEmbedder:
             if not isinstance(text, str):
                 raise UserError(f"input {i} is a {type(text).__name__}, expected a string")
         prefix = self.instruction(task, side)
-        length = self._check_length(max_length) if max_length is not None else self.max_length(side)
+        length = self.check_length(max_length) if max_length is not None else self.max_length(side)
         batch = _check_batch_size(batch_size) if batch_size is not None else self.batch_size
         if show_progress_bar is None:
             from llm_embedder.utils.progress import redraws_freely

@@ -19,10 +19,11 @@ is key ``j`` of query ``i``, positive first) - see :func:`sort_by_length`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.nn.functional import pad
 
 Instruction = Callable[[str, str], str]
 #: ``(texts, task, side, max_length) -> texts``: the embedder's per-task truncation (``LLMEmbedder.fit_texts``)
@@ -63,6 +64,8 @@ class GroupCollator:
     instruction: ``(task, side) -> text`` prepended to inputs (``""`` when instructions are off).
     task_names: task order of the loss (the label's task ids index it).
     query_max_length / key_max_length: token budgets per side.
+    task_key_max_length: per-task key budgets overriding ``key_max_length`` (``{"tool": 256}``); a mixed batch is
+        tokenised to the longest budget among its tasks, each key already cut to its own.
     fit_texts: the per-task truncation of ``LLMEmbedder.fit_texts`` (queries that keep their end), so a
         training input is cut exactly as the same text is at retrieval time; ``None``: the tokenizer's cut only.
     tail_tasks: tasks whose queries keep their end (``query_truncation: left``): their over-long queries lose
@@ -82,6 +85,7 @@ class GroupCollator:
         task_names: Sequence[str],
         query_max_length: int,
         key_max_length: int,
+        task_key_max_length: Mapping[str, int] | None = None,
         fit_texts: FitTexts | None = None,
         tail_tasks: Collection[str] = (),
         anchor: bool = False,
@@ -94,32 +98,61 @@ class GroupCollator:
         self.task_names = list(task_names)
         self.query_max_length = query_max_length
         self.key_max_length = key_max_length
+        self.task_key_max_length = dict(task_key_max_length or {})
 
-    def _fit(self, texts: list[str], tasks: list[str], side: str, max_length: int) -> list[str]:
+    def budget(self, task: str, side: str) -> int:
+        """The token budget of one task's texts on one side."""
+        if side == "query":
+            return self.query_max_length
+        return self.task_key_max_length.get(task, self.key_max_length)
+
+    def _fit(self, texts: list[str], tasks: list[str], side: str) -> list[str]:
         if self.fit_texts is None:
             return texts
         out = list(texts)
         for task in dict.fromkeys(tasks):
             rows = [i for i, t in enumerate(tasks) if t == task]
-            fitted = self.fit_texts([texts[i] for i in rows], task, side, max_length)
+            fitted = self.fit_texts([texts[i] for i in rows], task, side, self.budget(task, side))
             for i, text in zip(rows, fitted, strict=True):
                 out[i] = text
         return out
 
-    def _cut(self, texts: list[str], tasks: list[str], side: str, max_length: int) -> list[str]:
+    def _cut(self, texts: list[str], tasks: list[str], side: str) -> list[str]:
         texts = [
-            cut_characters(text, max_length, keep_end=side == "query" and task in self.tail_tasks)
+            cut_characters(text, self.budget(task, side), keep_end=side == "query" and task in self.tail_tasks)
             for text, task in zip(texts, tasks, strict=True)
         ]
-        return self._fit(texts, tasks, side, max_length)
+        return self._fit(texts, tasks, side)
 
-    def _encode(self, texts: list[str], tasks: list[str], side: str, max_length: int) -> dict[str, Any]:
+    def _tokenise(self, texts: list[str], tasks: list[str], side: str, prompt: str | None = None) -> dict[str, Any]:
+        """``preprocess_fn`` with each text cut to its task's budget: one call per distinct budget (a mixed batch
+        under ``task_key_max_length``), padded to one width and put back in input order."""
+        budgets = [self.budget(task, side) for task in tasks]
+        if len(set(budgets)) == 1:
+            extra = {"prompt": prompt} if prompt else {}
+            return self.preprocess_fn(texts, max_length=budgets[0], **extra)
+        parts: list[dict[str, Any]] = []
+        rows: list[int] = []
+        for budget in sorted(set(budgets)):
+            idx = [i for i, b in enumerate(budgets) if b == budget]
+            parts.append(self.preprocess_fn([texts[i] for i in idx], max_length=budget))
+            rows += idx
+        width = max(int(part["input_ids"].shape[1]) for part in parts)
+        restore = torch.argsort(torch.tensor(rows))
+        merged: dict[str, Any] = {}
+        for name, first in parts[0].items():
+            if isinstance(first, torch.Tensor):  # (rows, tokens): pad to one width, 0 = masked out
+                merged[name] = torch.cat([pad(part[name], (0, width - part[name].shape[1])) for part in parts])[restore]
+            else:  # batch-level entries ("modality": "text") are the same for every part
+                merged[name] = first
+        return merged
+
+    def _encode(self, texts: list[str], tasks: list[str], side: str) -> dict[str, Any]:
         if len(set(tasks)) == 1:
-            prompt = self.instruction(tasks[0], side) or None
-            return self.preprocess_fn(texts, prompt=prompt, max_length=max_length)
+            return self._tokenise(texts, tasks, side, prompt=self.instruction(tasks[0], side) or None)
         # mixed batches: one prompt per text (identical for pooling that includes the prompt tokens)
         texts = [self.instruction(task, side) + text for task, text in zip(tasks, texts, strict=True)]
-        return self.preprocess_fn(texts, max_length=max_length)
+        return self._tokenise(texts, tasks, side)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         group_sizes = {len(item["keys"]) for item in items}
@@ -128,16 +161,16 @@ class GroupCollator:
         tasks = [item["task"] for item in items]
         batch: dict[str, Any] = {}
         key_tasks = [task for item, task in zip(items, tasks, strict=True) for _ in item["keys"]]
-        query_texts = self._cut([item["query"] for item in items], tasks, "query", self.query_max_length)
-        key_texts = self._cut([key for item in items for key in item["keys"]], key_tasks, "key", self.key_max_length)
+        query_texts = self._cut([item["query"] for item in items], tasks, "query")
+        key_texts = self._cut([key for item in items for key in item["keys"]], key_tasks, "key")
         columns = [
-            ("query", self._encode(query_texts, tasks, "query", self.query_max_length)),
-            ("key", self._encode(key_texts, key_tasks, "key", self.key_max_length)),
+            ("query", self._encode(query_texts, tasks, "query")),
+            ("key", self._encode(key_texts, key_tasks, "key")),
         ]
         if self.anchor:
             columns += [
-                ("anchor_query", self.preprocess_fn(query_texts, max_length=self.query_max_length)),
-                ("anchor_key", self.preprocess_fn(key_texts, max_length=self.key_max_length)),
+                ("anchor_query", self._tokenise(query_texts, tasks, "query")),
+                ("anchor_key", self._tokenise(key_texts, key_tasks, "key")),
             ]
         label: dict[str, torch.Tensor] = {"task": torch.tensor([self.task_names.index(t) for t in tasks])}
         for prefix, features in columns:

@@ -63,8 +63,14 @@ class ModelConfig:
     model: str | None = None
     query_max_length: int = 256
     key_max_length: int = 256
+    #: per-task key budgets in training, overriding ``key_max_length`` for the tasks named ({tool: 256}). Why: a
+    #: CPU budget trains keys at 96 tokens, which cuts half of the tool descriptions before their parameters and
+    #: default values - the part a request quotes verbatim (issue 14, docs/results.md). A batch holds one task, so
+    #: only that task's batches pay for the longer budget.
+    task_key_max_length: dict[str, int] = field(default_factory=dict)
     #: token budgets the SAVED model encodes with: "model" = what the base encoder can read (its own max sequence
-    #: length), "training" = the training truncation above. Training short (e.g. 96-token keys, to fit a CPU budget)
+    #: length), "training" = the training truncation above (for keys the longest of ``key_max_length`` and
+    #: ``task_key_max_length``). Training short (e.g. 96-token keys, to fit a CPU budget)
     #: must not cut every key to 96 tokens at retrieval time forever: a 256-token passage loses its tail, which cost
     #: a scientific-claims set 0.645 -> 0.527 nDCG@10 (issue 14). The reference trains and retrieves with one length
     #: (256); "training" restores that coupling.
@@ -251,6 +257,7 @@ class TrainConfig:
         mappings = (
             ("data_weights", d.data_weights, "{qa: 2.0}"),
             ("anchor_task_weights", m.anchor_task_weights, "{tool: 0.0}"),
+            ("task_key_max_length", m.task_key_max_length, "{tool: 256}"),
             ("loss_overrides", d.loss_overrides, "{qa: contrastive}"),
         )
         for name, value, example in mappings:
@@ -274,6 +281,7 @@ class TrainConfig:
             "group_size": d.group_size,
             "query_max_length": m.query_max_length,
             "key_max_length": m.key_max_length,
+            **{f"task_key_max_length.{task}": value for task, value in m.task_key_max_length.items()},
             "save_steps": t.save_steps,
             "logging_steps": t.logging_steps,
         }

@@ -59,6 +59,7 @@ def render_model_card(summary: dict[str, Any]) -> str:
             f"anchor to the base model's plain-text similarities: weight {cfg['anchor_weight']:g}{per_task}, "
             f"temperature {cfg['anchor_temperature']:g}"
         )
+    key_budgets = "".join(f", {task} {tokens}" for task, tokens in (cfg.get("task_key_max_length") or {}).items())
     if cfg.get("distillation"):
         switches.append(f"distillation forced to: {cfg['distillation']}")
     if cfg.get("loss_overrides"):
@@ -115,7 +116,7 @@ task table (convsearch: the conversation ends with the question) keep the END of
 - optimiser: AdamW, lr {cfg["lr"]:g}, weight decay {cfg["weight_decay"]:g}, linear schedule with warm-up {cfg["warmup"]:g},
   max grad norm {cfg["max_grad_norm"]:g}, seed {cfg["seed"]}
 - precision: {cfg["dtype"]}; gradient cache chunk: {cfg["grad_cache_chunk"] or "off"};
-  max length query {cfg["query_max_length"]} / key {cfg["key_max_length"]} tokens in training (the saved model encodes with
+  max length query {cfg["query_max_length"]} / key {cfg["key_max_length"]}{key_budgets} tokens in training (the saved model encodes with
   {"the same budgets" if cfg.get("inference_max_length") == "training" else "the base encoder's own max length"});
   student temperature {cfg["temperature"]:g}
 - {"; ".join(switches)}

@@ -382,12 +382,14 @@ def train(
                 ts.spec, temperature=config.model.temperature, override=None if isinstance(override, str) else override
             )
     loss = _build_loss(config, embedder, task_losses)
+    task_key_max_length = _task_key_budgets(config, embedder, task_losses)
     collator = GroupCollator(
         embedder.model.preprocess,
         instruction=_instruction_fn(embedder),
         task_names=loss.task_names,
         query_max_length=config.model.query_max_length,
         key_max_length=config.model.key_max_length,
+        task_key_max_length=task_key_max_length,
         fit_texts=embedder.fit_texts,
         tail_tasks=[name for name in loss.task_names if registry.get(name).query_truncation == "left"],
         anchor=isinstance(loss, AnchoredLoss),
@@ -436,6 +438,8 @@ def train(
         embedder.model.eval()
         if config.model.inference_max_length == "model":
             embedder.query_max_length = embedder.key_max_length = base_max_length
+        else:  # "training": the longest key budget any task trained with
+            embedder.key_max_length = max([config.model.key_max_length, *task_key_max_length.values()])
         staging = staging_folder(out)
         embedder.save(staging, model_card=render_model_card(summary))
         write_json(staging / CONFIG_FILE, config.to_json())
@@ -460,6 +464,23 @@ def _set_instruction_pooling(model: Any, *, include: bool) -> None:
         )
     for module in modules:
         module.include_prompt = include
+
+
+def _task_key_budgets(config: TrainConfig, embedder: Any, task_losses: Mapping[str, GroupLoss]) -> dict[str, int]:
+    """``task_key_max_length`` checked against the run's tasks and the encoder's position limit."""
+    budgets = dict(config.model.task_key_max_length)
+    unknown = sorted(set(budgets) - set(task_losses))
+    if unknown:
+        raise UserError(
+            f"task_key_max_length names task(s) {', '.join(unknown)} that no training dataset has",
+            hint=f"the run's tasks: {', '.join(task_losses)}",
+        )
+    for task, value in budgets.items():
+        try:
+            embedder.check_length(value)
+        except UserError as err:
+            raise UserError(f"task_key_max_length.{task}: {err.message}", hint=err.hint) from None
+    return budgets
 
 
 def _build_loss(config: TrainConfig, embedder: Any, task_losses: Mapping[str, GroupLoss]) -> GroupLoss:
