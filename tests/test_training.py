@@ -333,3 +333,25 @@ def test_the_training_truncation_can_stay_the_inference_length(workspace, tmp_pa
     assert (embedder.query_max_length, embedder.key_max_length) == (48, 40)
     with pytest.raises(UserError, match="inference_max_length must be 'model' or 'training'"):
         train(recipe(workspace, tmp_path / "bad", inference_max_length="long"))
+
+
+def test_a_recipes_task_file_changes_that_run_only(workspace, tmp_path):
+    """``tasks_file`` redefines tasks for its run, on a copy: the process's task table stays as it was."""
+    from train_helpers import one_step_recipe
+
+    from llm_embedder.training import train
+
+    _, model, files = workspace
+    tasks_file = tmp_path / "tasks.yaml"
+    tasks_file.write_text(
+        "qa:\n  training:\n    loss: contrastive\n    contrastive_weight: 1.0\n    distill_weight: 0.0\n"
+    )
+    before = TASKS.get("qa").to_dict()
+    out = tmp_path / "out"
+    train(one_step_recipe(model, {"qa": files["qa"]}, out, tasks_file=str(tasks_file)))
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["datasets"][0]["loss"].startswith("InfoNCE")
+    assert TASKS.get("qa").to_dict() == before
+    assert "stabilized distillation" in describe_loss(
+        build_task_loss(resolve_training_spec(TASKS.get("qa").training, task="qa"))
+    )

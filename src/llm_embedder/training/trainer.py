@@ -318,9 +318,11 @@ def train(
     ``resume=True`` (``--resume``).
     """
     config = TrainConfig.coerce(config)
-    if config.data.tasks_file:
-        (registry or TASKS).load_file(config.data.tasks_file)
     registry = registry if registry is not None else TASKS
+    if config.data.tasks_file:
+        # on a copy: a recipe's task definitions must not change the tasks of later calls in the same process
+        registry = registry.copy()
+        registry.load_file(config.data.tasks_file)
     config.validate()
     out = Path(config.training.output)
     checkpoints_dir = out / CHECKPOINTS
