@@ -111,3 +111,23 @@ def test_feedback_entries_are_in_the_record_format(tmp_path):
             "collection": "conversation_memory",
         }
     ]
+
+
+def test_augment_ids_are_kept_compactly_and_exactly(monkeypatch):
+    """Membership is exact across merges, for ids sharing their first half, and for ids that are not uuid hex."""
+    import uuid
+
+    from llm_embedder.serving.feedback import AugmentIds
+
+    monkeypatch.setattr(AugmentIds, "MERGE_EVERY", 8)
+    ids = AugmentIds()
+    issued = [uuid.uuid4().hex for _ in range(100)]
+    twins = [issued[0][:16] + f"{i:016x}" for i in range(5)]  # same high half as an issued id
+    odd = ["one", issued[1].upper(), "0x" + issued[2][2:], "é" * 32]
+    for augment_id in issued + twins[:3] + odd:
+        ids.add(augment_id)
+    assert len(ids) == 100 + 3 + len(odd)
+    assert all(augment_id in ids for augment_id in issued + twins[:3] + odd)
+    assert not any(augment_id in ids for augment_id in twins[3:])
+    assert not any(uuid.uuid4().hex in ids for _ in range(200))
+    assert issued[1].upper() in ids and issued[3].upper() not in ids and 5 not in ids

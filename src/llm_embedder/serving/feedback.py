@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ANSWERS_FILE = "answers.jsonl"
 AUGMENTS_SUFFIX = ".augments.jsonl"
 
@@ -46,6 +48,69 @@ def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
                 yield value
 
 
+class AugmentIds:
+    """The augment ids a log holds, in a compact form: it lives as long as the server and gains one id per augment.
+
+    Ids as ``augment`` issues them (32 hex digits, a uuid4) are kept as two unsigned 64-bit halves in sorted numpy
+    arrays - 16 bytes an id - with the newest few thousand in a small set until they are merged in; any other id in
+    a plain set. Why: the former dict of str ids held ~200 bytes an id (the 32-character str, a dict slot and a
+    list; 200 MB per million augments of a long-lived server); this holds ~19 (measured with tracemalloc).
+    """
+
+    #: ids held in the unsorted set before a merge into the sorted arrays (a merge costs O(n))
+    MERGE_EVERY = 4096
+
+    def __init__(self) -> None:
+        self._hi = np.empty(0, dtype=np.uint64)
+        self._lo = np.empty(0, dtype=np.uint64)
+        self._recent: set[tuple[int, int]] = set()
+        self._other: set[str] = set()
+
+    @staticmethod
+    def _halves(augment_id: str) -> tuple[int, int] | None:
+        if len(augment_id) != 32:
+            return None
+        try:
+            value = int(augment_id, 16)
+        except ValueError:
+            return None
+        if augment_id != f"{value:032x}":  # upper case, "0x", "_" or a sign: keep the text as it is
+            return None
+        return value >> 64, value & 0xFFFFFFFFFFFFFFFF
+
+    def add(self, augment_id: str) -> None:
+        halves = self._halves(augment_id)
+        if halves is None:
+            self._other.add(augment_id)
+            return
+        self._recent.add(halves)
+        if len(self._recent) >= self.MERGE_EVERY:
+            self._merge()
+
+    def _merge(self) -> None:
+        new = np.array(sorted(self._recent), dtype=np.uint64).reshape(-1, 2)
+        hi = np.concatenate([self._hi, new[:, 0]])
+        lo = np.concatenate([self._lo, new[:, 1]])
+        order = np.lexsort((lo, hi))
+        self._hi, self._lo = hi[order], lo[order]
+        self._recent.clear()
+
+    def __contains__(self, augment_id: object) -> bool:
+        if not isinstance(augment_id, str):
+            return False
+        halves = self._halves(augment_id)
+        if halves is None:
+            return augment_id in self._other
+        if halves in self._recent:
+            return True
+        hi, lo = np.uint64(halves[0]), np.uint64(halves[1])
+        start, end = np.searchsorted(self._hi, hi, side="left"), np.searchsorted(self._hi, hi, side="right")
+        return bool(np.any(self._lo[start:end] == lo))
+
+    def __len__(self) -> int:
+        return len(self._hi) + len(self._recent) + len(self._other)
+
+
 class FeedbackLog:
     """Append-only, fsync'ed augment and answer logs under ``folder`` (thread-safe)."""
 
@@ -53,12 +118,11 @@ class FeedbackLog:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        #: augment id -> collections it logged to; rebuilt from the files so feedback works across restarts
-        self._augments: dict[str, list[str]] = {}
+        #: the augment ids logged so far; rebuilt from the files so feedback works across restarts
+        self._augments = AugmentIds()
         for path in sorted(self.folder.glob(f"*{AUGMENTS_SUFFIX}")):
-            name = path.name[: -len(AUGMENTS_SUFFIX)]
             for entry in _read_lines(path):
-                self._augments.setdefault(str(entry.get("augment_id")), []).append(name)
+                self._augments.add(str(entry.get("augment_id")))
 
     def _append(self, path: Path, entries: list[dict[str, Any]]) -> None:
         data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode("utf-8")
@@ -88,7 +152,7 @@ class FeedbackLog:
         with self._lock:
             for collection, entry in entries.items():
                 self._append(self.folder / f"{collection}{AUGMENTS_SUFFIX}", [{"augment_id": augment_id, **entry}])
-            self._augments[augment_id] = list(entries)
+            self._augments.add(augment_id)
 
     def record_answer(self, augment_id: str, answer: str) -> None:
         with self._lock:
