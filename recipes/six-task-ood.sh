@@ -8,10 +8,12 @@
 #         logging), scored by the same LM as the pipeline's lrlm records (relevant = its favourite earlier chunk)
 #   tool  is already out of distribution in the pipeline's own eval: its dev queries are StableToolBench G2/G3,
 #         its training queries G1.
-# Usage: recipes/six-task-ood.sh [RUN_DIR]   (default runs/six-task; ~10 min on 2 CPU cores, half of it scoring)
+# Usage: recipes/six-task-ood.sh [RUN_DIR [MODEL ...]]   (default runs/six-task and every model folder of
+#        RUN_DIR/models; name MODELs to evaluate only those; ~10 min on 2 CPU cores, half of it scoring)
 # Writes RUN_DIR/ood/<set>/ (records) and RUN_DIR/ood/eval/<task>.{json,md,png}. Rerun it: finished steps are kept.
 set -euo pipefail
 run=${1:-runs/six-task}
+shift $(( $# > 0 ? 1 : 0 ))
 shared=${LLM_EMBEDDER_DATA:-../shared/data}
 cli=${LLM_EMBEDDER:-llm-embedder}
 stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
@@ -19,9 +21,16 @@ ood=$run/ood
 mkdir -p "$ood"
 
 models=()
-for dir in "$run"/models/*/; do
-  [[ -f $dir/llm_embedder.json ]] && models+=(-r "$(basename "$dir")=${dir%/}")
-done
+if [[ $# -gt 0 ]]; then
+  for name in "$@"; do
+    [[ -f $run/models/$name/llm_embedder.json ]] || { echo "six-task-ood.sh: no trained model $run/models/$name" >&2; exit 2; }
+    models+=(-r "$name=$run/models/$name")
+  done
+else
+  for dir in "$run"/models/*/; do
+    [[ -f $dir/llm_embedder.json ]] && models+=(-r "$(basename "$dir")=${dir%/}")
+  done
+fi
 [[ ${#models[@]} -gt 0 ]] || { echo "six-task-ood.sh: no trained model in $run/models (run the pipeline first)" >&2; exit 2; }
 
 # qa: MS MARCO subset, graded relevance
