@@ -197,6 +197,31 @@ def test_delete(backend):
     assert c.count() == 5
 
 
+def test_scan_returns_every_document_once_with_its_vector(backend):
+    c = backend.collection()
+    written = {}
+    for k, scope in enumerate(["", "tenant-a", "tenant-b"]):
+        docs = [Document(f"{scope}{i}", f"text {scope} {i}", title=f"t{i}", metadata={"i": i}) for i in range(90)]
+        vectors = unit(90, 20 + k)
+        c.upsert(docs, vectors, encoder=ENCODER, scope=scope)
+        written.update({(scope, d.id): (d, v) for d, v in zip(docs, vectors, strict=True)})
+    replaced = Document("tenant-a3", "replaced", metadata={"i": -1})
+    c.upsert([replaced], unit(1, 30), encoder=ENCODER, scope="tenant-a")
+    written[("tenant-a", "tenant-a3")] = (replaced, unit(1, 30)[0])
+    assert c.delete(ids=["tenant-b5", "tenant-b6"], scope="tenant-b") == 2
+    del written[("tenant-b", "tenant-b5")], written[("tenant-b", "tenant-b6")]
+    seen = {}
+    for scope, docs, vectors in c.scan(batch_size=64):
+        assert 0 < len(docs) <= 64 and vectors.shape == (len(docs), DIM) and vectors.dtype == np.float32
+        for doc, vector in zip(docs, vectors, strict=True):
+            assert (scope, doc.id) not in seen
+            seen[(scope, doc.id)] = (doc, vector)
+    assert seen.keys() == written.keys()
+    for key, (doc, vector) in written.items():
+        assert seen[key][0] == doc
+        np.testing.assert_allclose(seen[key][1], vector, atol=1e-6)
+
+
 def test_search_modes_and_arguments(backend):
     c = backend.collection()
     texts = ["the quick brown fox", "a lazy dog sleeps", "quantum chromodynamics lecture", "brown bears eat fish"]

@@ -7,6 +7,7 @@ import json
 from llm_embedder.cli.main import main
 from llm_embedder.data.records import load_records
 from llm_embedder.serving.feedback import FeedbackLog
+from llm_embedder.serving.service import RetrievalService
 
 FACTS = [
     ("Paris", "Paris is the capital of France."),
@@ -18,7 +19,7 @@ FACTS = [
 ]
 
 
-def test_exported_feedback_is_scored_and_trained_on(make_service, tmp_path):
+def test_exported_feedback_is_scored_and_trained_on(make_service, prompt_tokenizer, tmp_path):
     from lm_helpers import make_tiny_lm
     from train_helpers import build_tiny_model
 
@@ -67,6 +68,23 @@ def test_exported_feedback_is_scored_and_trained_on(make_service, tmp_path):
     args += ["--query-max-length", "48", "--key-max-length", "48"]
     assert main(args) == 0
     assert json.loads((out / "training_summary.json").read_text())["metrics"]["steps"] == 2
+
+    # and serve the tuned model over the same knowledge base and memory: re-encoded in place
+    from llm_embedder import LLMEmbedder
+    from llm_embedder.retrieval.store import open_store
+
+    assert main(["reindex", "--data-dir", str(data), "--model", str(out), "--backend", "torch", "--device", "cpu"]) == 0
+    tuned = LLMEmbedder(str(out), device="cpu")
+    service = RetrievalService(tuned, open_store(str(data / "store")), data, prompt_tokenizer=lambda: prompt_tokenizer)
+    try:
+        assert {c["name"]: c["count"] for c in service.list_collections()} == {"kb": len(FACTS)}
+        assert {c["encoder"] for c in service.list_collections()} == {tuned.fingerprint}
+        assert len(service.search("kb", "capital of France", top_k=3)) == 3
+        result = service.augment("capital?", conversation_id="c1", sources=[{"memory": "conversation", "top_k": 2}])
+        assert result["augment_id"] and len(result["hits"]) == 2
+    finally:
+        service.close()
+    assert main(["reindex", "--data-dir", str(data), "--model", str(out), "--backend", "torch", "--device", "cpu"]) == 0
 
 
 def test_a_torn_last_line_is_skipped_and_the_next_entry_starts_fresh(tmp_path):

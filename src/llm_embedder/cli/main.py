@@ -16,7 +16,20 @@ from llm_embedder.cli.common import register_modules
 from llm_embedder.errors import EXIT_USER_ERROR, UserError
 
 #: sub-command modules, in the order ``--help`` lists them; a module that is missing is skipped
-COMMANDS = ("tasks", "encode", "score", "build", "train", "index", "search", "eval", "pipeline", "serve", "demo")
+COMMANDS = (
+    "tasks",
+    "encode",
+    "score",
+    "build",
+    "train",
+    "index",
+    "search",
+    "eval",
+    "pipeline",
+    "serve",
+    "reindex",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

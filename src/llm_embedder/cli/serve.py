@@ -18,7 +18,12 @@ import json
 import os
 import sys
 
-from llm_embedder.cli.common import add_tasks_file_argument, instructions_flag, load_tasks_file
+from llm_embedder.cli.common import (
+    add_service_arguments,
+    add_tasks_file_argument,
+    instructions_flag,
+    load_tasks_file,
+)
 from llm_embedder.errors import UserError
 
 API_KEY_ENV = "LLM_EMBEDDER_API_KEY"
@@ -31,25 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default=None, help="encoder folder or hub id (default: the bundled MiniLM)")
-    parser.add_argument("--data-dir", required=True, help="folder for the embedded store and the feedback log")
-    parser.add_argument("--store", default=None, help="store URI, e.g. milvus://HOST:PORT (default: DATA_DIR/store)")
+    add_service_arguments(parser, data_dir_required=True)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--api-key", default=None, help=f"required as 'Authorization: Bearer KEY' (or ${API_KEY_ENV})")
     parser.add_argument(
         "--lm", default=None, help="LLM for prompts and 'generate': smollm2, gemma3, a folder, a hub id"
-    )
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "onnx", "onnx-int8"],
-        help="encoder runtime; auto (default): onnx-int8 on a CPU (the fastest, nDCG within 1%% of fp32), torch on a "
-        "GPU; onnx gives exactly the fp32 vectors",
-    )
-    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
-    parser.add_argument(
-        "--instructions", default="auto", choices=["auto", "on", "off"], help="task instructions (auto: as trained)"
     )
     parser.add_argument("--max-queue", type=int, default=256, help="requests waiting for the encoder before 429")
     parser.add_argument(

@@ -33,7 +33,7 @@ before it returns is either wholly applied or not at all.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -116,6 +116,12 @@ class Collection(ABC):
     @abstractmethod
     def count(self, *, scope: str | None = DEFAULT_SCOPE) -> int:
         """Documents in ``scope``; ``scope=None`` counts every scope (for operators, never for a tenant)."""
+
+    @abstractmethod
+    def scan(self, *, batch_size: int = 512) -> Iterator[tuple[str, list[Document], np.ndarray]]:
+        """Every document of every scope with its stored vector, as ``(scope, documents, vectors)`` batches of one
+        scope each (at most ``batch_size`` documents), each document once. For operators - re-indexing with
+        another encoder, export - never for a tenant."""
 
     def search(
         self,

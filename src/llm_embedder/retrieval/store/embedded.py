@@ -29,7 +29,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -398,6 +398,26 @@ class EmbeddedCollection(Collection):
             if scope is None:
                 return sum(cache.scope_live.values())
             return cache.scope_live.get(check_scope(scope), 0)
+
+    def scan(self, *, batch_size: int = 512) -> Iterator[tuple[str, list[Document], np.ndarray]]:
+        # pages in insertion order (seq), read under the lock one page at a time; a page holding several scopes
+        # is yielded as one batch per scope
+        last = -1
+        while True:
+            with self.store._lock:
+                rows = self.store._db.execute(
+                    "SELECT seq, scope, id, title, text, metadata, vector FROM documents "
+                    "WHERE collection = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (self.info.name, last, int(batch_size)),
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            for scope in dict.fromkeys(r[1] for r in rows):
+                part = [r for r in rows if r[1] == scope]
+                docs = [Document(id=r[2], title=r[3], text=r[4], metadata=json.loads(r[5])) for r in part]
+                vectors = np.frombuffer(b"".join(r[6] for r in part), dtype=np.float32).reshape(len(part), -1)
+                yield scope, docs, vectors.copy()
 
     def search_many(
         self,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -181,6 +181,30 @@ class MilvusCollection(Collection):
         expr = "" if scope is None else self._scope_expr(scope)
         rows = self.client.query(self.info.name, filter=expr, output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
+
+    def scan(self, *, batch_size: int = 512) -> Iterator[tuple[str, list[Document], np.ndarray]]:
+        # Pages by primary key, as pymilvus' own query_iterator does (its query options make the server return the
+        # smallest keys above the last page's); that iterator cannot be used here: it writes our JSON keys into its
+        # expression unescaped. No offset window, so any collection size.
+        last: str | None = None
+        while True:
+            rows = self.client.query(
+                self.info.name,
+                filter="" if last is None else f"pk > {milvus_literal(last)}",
+                output_fields=["pk", "scope", *OUTPUT, "vector"],
+                limit=int(batch_size),
+                # the query options of pymilvus' iterator: the server returns the smallest keys, sorted
+                iterator="True",
+                reduce_stop_for_best="True",
+            )
+            if not rows:
+                return
+            rows.sort(key=lambda r: str(r["pk"]))
+            last = str(rows[-1]["pk"])
+            for scope in dict.fromkeys(str(r["scope"]) for r in rows):
+                part = [r for r in rows if str(r["scope"]) == scope]
+                vectors = np.asarray([r["vector"] for r in part], dtype=np.float32).reshape(len(part), -1)
+                yield scope, [_document(r) for r in part], vectors
 
     def search_many(
         self,
