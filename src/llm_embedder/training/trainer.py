@@ -468,15 +468,20 @@ def _set_instruction_pooling(model: Any, *, include: bool) -> None:
         module.include_prompt = include
 
 
+def _check_run_tasks(field: str, per_task: Mapping[str, Any], task_losses: Mapping[str, GroupLoss]) -> None:
+    """A per-task recipe mapping may only name tasks the run trains: a typo would otherwise be ignored silently."""
+    unknown = sorted(set(per_task) - set(task_losses))
+    if unknown:
+        raise UserError(
+            f"{field} names task(s) {', '.join(unknown)} that no training dataset has",
+            hint=f"the run's tasks: {', '.join(task_losses)}",
+        )
+
+
 def _task_key_budgets(config: TrainConfig, embedder: Any, task_losses: Mapping[str, GroupLoss]) -> dict[str, int]:
     """``task_key_max_length`` checked against the run's tasks and the encoder's position limit."""
     budgets = dict(config.model.task_key_max_length)
-    unknown = sorted(set(budgets) - set(task_losses))
-    if unknown:
-        raise UserError(
-            f"task_key_max_length names task(s) {', '.join(unknown)} that no training dataset has",
-            hint=f"the run's tasks: {', '.join(task_losses)}",
-        )
+    _check_run_tasks("task_key_max_length", budgets, task_losses)
     for task, value in budgets.items():
         try:
             embedder.check_length(value)
@@ -491,12 +496,7 @@ def _build_loss(config: TrainConfig, embedder: Any, task_losses: Mapping[str, Gr
     step, so it is the base even when a run resumes)."""
     chunk = config.training.grad_cache_chunk
     task_weights = config.model.anchor_task_weights
-    unknown = sorted(set(task_weights) - set(task_losses))
-    if unknown:
-        raise UserError(
-            f"anchor_task_weights names task(s) {', '.join(unknown)} that no training dataset has",
-            hint=f"the run's tasks: {', '.join(task_losses)}",
-        )
+    _check_run_tasks("anchor_task_weights", task_weights, task_losses)
     weights = [task_weights.get(task, config.model.anchor_weight) for task in task_losses]
     if max(weights, default=0.0) <= 0:
         return MultiTaskLoss(embedder.model, losses=task_losses, mini_batch_size=chunk)

@@ -91,9 +91,10 @@ def reindex_collection(
             keys = [render_key(spec.key_template, {"title": d.title, "text": d.text}) for d in documents]
             vectors = embedder.encode(keys, task=spec.name, side="key", show_progress_bar=False)
             target.upsert(documents, vectors, encoder=new_encoder, scope=scope)
-        _same_count(source.count(scope=None), target.count(scope=None), name, staging)
+        encoded = target.count(scope=None)
+        _same_count(source.count(scope=None), encoded, name, staging)
         if say is not None:
-            say(f"{name}: {target.count(scope=None)} documents encoded into {staging}")
+            say(f"{name}: {encoded} documents encoded into {staging}")
         store.drop_collection(name)
         current = None
     assert copy is not None
