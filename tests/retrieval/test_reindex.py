@@ -151,3 +151,25 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_short_copy_drops_nothing(tmp_path, monkeypatch):
+    """If the staging copy comes out short, the original stays whole and the error says so (embedded store)."""
+    from llm_embedder.retrieval.store.embedded import EmbeddedCollection
+
+    store = open_store(str(tmp_path / "store"))
+    written = _fill(store, "kb")
+    upsert = EmbeddedCollection.upsert
+
+    def lossy(self, documents, vectors, **kwargs):  # a backend that loses the last document of every write
+        return upsert(self, documents[:-1], vectors[:-1], **kwargs)
+
+    monkeypatch.setattr(EmbeddedCollection, "upsert", lossy)
+    with pytest.raises(UserError, match=r"^copying kb to kb__reindex gave \d+ documents instead of 95 \(nothing was"):
+        reindex_collection(store, "kb", NEW, batch_size=16)
+    monkeypatch.setattr(EmbeddedCollection, "upsert", upsert)
+    infos = {info.name: info for info in store.list_collections()}
+    assert infos["kb"].encoder == OLD.fingerprint and store.collection("kb").count(scope=None) == 95
+    reindex_collection(store, "kb", NEW)  # the rerun finishes
+    _check(store, "kb", written, NEW)
+    store.close()
