@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from llm_embedder.builders.lrlm import chunk_text
+from llm_embedder.data.corpus import render_key
 from llm_embedder.data.records import load_records
 from llm_embedder.errors import UserError
 from llm_embedder.model.truncation import keep_tail, text_budget
 from llm_embedder.serving.batcher import MicroBatcher
 from llm_embedder.serving.errors import Conflict, NotFound, TooLarge
 from llm_embedder.serving.service import serving_backend
+from llm_embedder.tasks.registry import TASKS
 
 PASSAGES = [
     {"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France."},
@@ -40,6 +42,25 @@ def test_search_scores_are_the_task_instructed_cosines(service, serve_embedder):
         "score": pytest.approx(hits[0]["score"]),
         "metadata": {},
     }
+
+
+def test_stored_keys_are_rendered_as_training_and_eval_render_them(service, serve_embedder, monkeypatch):
+    """An untitled document's key is the Corpus key (template filled, then stripped), the text eval, training and
+    `reindex` give the same row - not " text". (WordPiece drops the space, so the bundled encoder's vectors agree
+    either way; a SentencePiece or byte-level BPE encoder's would not.)"""
+    seen: list[tuple[list[str], str]] = []
+    encode = serve_embedder.encode
+
+    def spy(texts, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((list(texts), kwargs["side"]))
+        return encode(texts, **kwargs)
+
+    monkeypatch.setattr(serve_embedder, "encode", spy)
+    service.create_collection("kb", "qa")
+    service.upsert("kb", [{"id": "t", "text": "Paris is the capital of France."}])
+    key = render_key(TASKS.get("qa").key_template, {"title": "", "text": "Paris is the capital of France."})
+    assert seen == [([key], "key")]
+    assert key == "Paris is the capital of France."
 
 
 def test_collections_list_conflict_drop(service, serve_embedder):

@@ -10,12 +10,12 @@ import argparse
 from pathlib import Path
 
 from llm_embedder.cli.common import add_encoder_arguments, add_tasks_file_argument, instructions_flag, load_tasks_file
+from llm_embedder.data.corpus import render_key
 from llm_embedder.data.jsonl import iter_jsonl
 from llm_embedder.data.records import Record
 from llm_embedder.errors import DataError, UserError
 from llm_embedder.tasks.registry import TASKS
 from llm_embedder.utils.files import atomic_write
-from llm_embedder.utils.templates import render_template
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +53,7 @@ def read_texts(path: str, *, side: str, field: str | None, key_template: str) ->
         elif side == "query":
             texts.append(Record.from_dict(obj, path=str(p), lineno=lineno).query)
         else:
-            texts.append(render_template(key_template, obj, where=f"{p}:{lineno}").strip())
+            texts.append(render_key(key_template, obj, where=f"{p}:{lineno}"))
     return texts
 
 

@@ -7,7 +7,7 @@ tasks. Rows are kept as dicts; :func:`iter_corpus_rows` streams files too large 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,15 @@ from llm_embedder.errors import DataError, UserError
 from llm_embedder.utils.templates import render_template, template_fields
 
 
-def render_key(key_template: str, row: dict[str, Any]) -> str:
+def render_key(key_template: str, row: Mapping[str, Any], *, where: str = "") -> str:
     """Corpus row -> retrieval key: the template filled and stripped (so an empty title adds no leading space).
 
-    The one rendering rule, shared by :class:`Corpus` (eval, index, mining) and the builders that write ``pos``
-    texts, so a record's ``pos`` always equals the key that eval renders for its ``pos_index`` row.
+    The one rendering rule, shared by :class:`Corpus` (eval, index, mining), the builders that write ``pos``
+    texts, ``encode``, and the service and ``reindex`` (which must give a stored document the key that training
+    and eval give the same row), so a record's ``pos`` always equals the key that eval renders for its
+    ``pos_index`` row. ``where`` (file:line, request field) goes into the error for a missing field.
     """
-    return render_template(key_template, row).strip()
+    return render_template(key_template, row, where=where).strip()
 
 
 def iter_corpus_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:

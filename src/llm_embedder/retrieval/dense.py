@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from llm_embedder.data.corpus import render_key
 from llm_embedder.errors import DataError, UserError
 from llm_embedder.retrieval.base import SearchResult
 from llm_embedder.retrieval.corpus_file import (
@@ -32,7 +33,7 @@ from llm_embedder.retrieval.index import DenseIndex, IndexParams
 from llm_embedder.retrieval.ranking import top_k_desc
 from llm_embedder.tasks.spec import TaskSpec
 from llm_embedder.utils.files import atomic_write, exclusive_lock, write_json
-from llm_embedder.utils.templates import render_template, template_fields
+from llm_embedder.utils.templates import template_fields
 
 if TYPE_CHECKING:
     from llm_embedder.model.embedder import LLMEmbedder
@@ -203,7 +204,7 @@ def _render_keys(rows: list[dict[str, Any]], template: str, scan: CorpusScan, st
                     field=name,
                     hint="pass --key-template to match your corpus fields",
                 )
-        keys.append(render_template(template, row).strip())
+        keys.append(render_key(template, row))
     return keys
 
 

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_embedder.data.corpus import render_key
 from llm_embedder.errors import UserError
 from llm_embedder.model.truncation import keep_tail, text_budget
 from llm_embedder.retrieval.store.base import SEARCH_MODES, Collection, CollectionInfo, Document, Hit, Store
@@ -49,7 +50,6 @@ from llm_embedder.serving.errors import Conflict, NotFound, TooLarge
 from llm_embedder.serving.feedback import FeedbackLog
 from llm_embedder.serving.metrics import ServiceMetrics
 from llm_embedder.serving.prompting import Section, build_prompt
-from llm_embedder.utils.templates import render_template
 
 #: collection names: identifiers (a store collection name on every backend, Milvus included), never paths
 COLLECTION_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -377,7 +377,7 @@ class RetrievalService:
                     raise UserError(f"{where}.schema must be a JSON object, got {type(schema).__name__}")
                 metadata[TOOL_SCHEMA_FIELD] = json.dumps(schema, ensure_ascii=False, sort_keys=True)
             docs.append(Document(id=doc_id, text=text, title=title, metadata=metadata))
-            keys.append(render_template(spec.key_template, {"title": title, "text": text}, where=where))
+            keys.append(render_key(spec.key_template, {"title": title, "text": text}, where=where))
         return docs, keys, spec.name
 
     def delete_documents(self, name: Any, *, ids: Any = None, filter: Any = None) -> int:
