@@ -131,6 +131,23 @@ def test_feedback_entries_are_in_the_record_format(tmp_path):
     ]
 
 
+def test_candidates_export_as_their_keys_and_older_logs_as_their_text(tmp_path):
+    """The service logs a candidate's key (what was encoded and shown); a log written before it kept ``text``."""
+    log = FeedbackLog(tmp_path)
+    keyed = [
+        {"id": "p", "key": "Paris Paris is in France.", "score": 0.9},
+        {"id": "b", "key": "Banana x", "score": 0.1},
+    ]
+    older = [{"id": "p", "text": "Paris is in France.", "score": 0.9}, {"id": "b", "text": "x", "score": 0.1}]
+    for augment_id, candidates in (("new", keyed), ("old", older)):
+        log.record_augment(augment_id, {"kb": {"query": "q", "task": "qa", "candidates": candidates, "in_prompt": []}})
+        log.record_answer(augment_id, "a")
+    assert [r["neg"] for r in log.records("kb")] == [
+        ["Paris Paris is in France.", "Banana x"],
+        ["Paris is in France.", "x"],
+    ]
+
+
 def test_augment_ids_are_kept_compactly_and_exactly(monkeypatch):
     """Membership is exact across merges, for ids sharing their first half, and for ids that are not uuid hex."""
     import uuid

@@ -234,7 +234,7 @@ def test_augment_builds_the_prompt_and_feedback_exports_records(service, tmp_pat
         sources=[{"collection": "kb", "top_k": 1}, {"memory": "conversation", "top_k": 1}],
     )
     assert result["prompt"] == (
-        "Knowledge: Paris is the capital and largest city of France.\n"
+        "Knowledge: Paris Paris is the capital and largest city of France.\n"
         "Speaker 1: I love Paris.\nSpeaker 2: So do I.\n\nQuestion: What is the capital of France?\n\nAnswer: "
     )
     assert [(h["source"], h["id"], h["in_prompt"]) for h in result["hits"]] == [
@@ -246,8 +246,9 @@ def test_augment_builds_the_prompt_and_feedback_exports_records(service, tmp_pat
     records = service.export_feedback("kb")
     assert len(records) == 1 and unanswered["augment_id"] != records[0]["query_id"]
     record = records[0]
-    # every retrieved candidate is logged (more than the one in the prompt), best first
-    assert record["neg"][0] == "Paris is the capital and largest city of France."
+    # every retrieved candidate is logged (more than the one in the prompt), best first, as its key (title + text,
+    # the text that was encoded and shown in the prompt)
+    assert record["neg"][0] == "Paris Paris is the capital and largest city of France."
     assert len(record["neg"]) == 3 and record["pos"] == [] and record["in_prompt"] == ["paris"]
     assert (record["answers"], record["task"], record["query_id"]) == (["Paris."], "qa", result["augment_id"])
     path = tmp_path / "kb.jsonl"
@@ -293,7 +294,7 @@ def test_augment_prompt_is_the_prompt_layers_within_the_budget(service, prompt_t
     service.upsert("kb", PASSAGES)
     query = "What is the capital of France?"
     result = service.augment(query, sources=[{"collection": "kb", "top_k": 3}])
-    keys = [h["text"] for h in result["hits"]]
+    keys = [f"{h['title']} {h['text']}" for h in result["hits"]]
     assert result["prompt"] == render_prompt(get_task("qa"), query, keys, tokenizer=prompt_tokenizer).context
     assert [h["in_prompt"] for h in result["hits"]] == [True, True, True]
     # room for the best key only: the less relevant ones are dropped (and logged as not in the prompt)

@@ -2,7 +2,9 @@
 
 Every ``augment`` appends, per source collection, what the retriever saw: the query, ALL the candidates it retrieved
 (more than went into the prompt, so the LLM reward can later rank candidates the embedder put too low) and which of
-them went into the prompt. Every ``feedback`` appends the answer the LLM (or the user) finally gave. Exporting a
+them went into the prompt. A candidate is logged as its key (the task's key template filled: for qa ``"{title}
+{text}"``), the text the embedder encoded and the prompt showed, so the exported records are scored and trained on
+what is served. Every ``feedback`` appends the answer the LLM (or the user) finally gave. Exporting a
 collection joins the two into records of the project's format (:mod:`llm_embedder.data.records`)::
 
     {"query": ..., "pos": [], "neg": [candidates...], "answers": [answer], "task": "qa", "query_id": augment id,
@@ -182,7 +184,8 @@ class FeedbackLog:
 
 def to_record(entry: dict[str, Any], answer: str, collection: str) -> dict[str, Any]:
     """One logged augment + its answer as a record of the project's format (see the module docstring)."""
-    candidates = [c["text"] for c in entry["candidates"]]
+    # "key": the candidate as the task renders it (logs before 2026-11-30 kept the document's "text")
+    candidates = [c["key"] if "key" in c else c["text"] for c in entry["candidates"]]
     record: dict[str, Any] = {"query": entry["query"]}
     if entry.get("history_task"):
         record["history"] = candidates  # chat memory: the candidates are the memory turns

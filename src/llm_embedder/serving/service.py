@@ -619,6 +619,7 @@ class RetrievalService:
         plans = [self._plan(i, source, query, conversation_id) for i, source in enumerate(sources)]
         sections: list[Section] = []
         retrieved: list[list[Hit]] = []
+        keys: list[list[str]] = []
         for plan in plans:
             k = max(plan["top_k"], self.limits.feedback_candidates)
             hits = self._search(
@@ -629,14 +630,21 @@ class RetrievalService:
             plan["shown"] = shown
             positions = [int(h.document.id) for h in shown] if plan["chronological"] else None
             spec = self._task(plan["collection"].info.task)
-            sections.append(Section(spec, [h.document.text for h in shown], positions))
+            # the prompt shows, and the log keeps, each candidate as its KEY (for qa "{title} {text}"): what the
+            # embedder encoded, what eval's prompts and the reward's prompts show, so a record exported from this
+            # log is scored and trained on the same text that is served
+            hit_keys = [
+                render_key(spec.key_template, {"title": h.document.title, "text": h.document.text}) for h in hits
+            ]
+            keys.append(hit_keys)
+            sections.append(Section(spec, hit_keys[: len(shown)], positions))
         prompt = build_prompt(
             sections, query, tokenizer=self.prompt_tokenizer, max_tokens=budget, task=self.embedder.task
         )
         augment_id = uuid.uuid4().hex
         entries: dict[str, dict[str, Any]] = {}
         out_hits = []
-        for plan, hits, section in zip(plans, retrieved, sections, strict=True):
+        for plan, hits, hit_keys, section in zip(plans, retrieved, keys, sections, strict=True):
             in_prompt = [plan["shown"][j].document.id for j in sorted(section.kept)]
             for hit in plan["shown"]:
                 out_hits.append({"source": plan["name"], "in_prompt": hit.document.id in in_prompt, **hit_dict(hit)})
@@ -645,7 +653,9 @@ class RetrievalService:
                 "task": plan["collection"].info.task,
                 "history_task": plan["collection"].info.task == "chat",
                 "scope": plan["scope"],
-                "candidates": [{"id": h.document.id, "text": h.document.text, "score": h.score} for h in hits],
+                "candidates": [
+                    {"id": h.document.id, "key": key, "score": h.score} for h, key in zip(hits, hit_keys, strict=True)
+                ],
                 "in_prompt": in_prompt,
                 "time": time.time(),
             }
