@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 
-from llm_embedder.data.corpus import render_key
 from llm_embedder.errors import UserError
 from llm_embedder.model.truncation import keep_tail, text_budget
 from llm_embedder.retrieval.store.base import SEARCH_MODES, Collection, CollectionInfo, Document, Hit, Store
@@ -376,8 +375,9 @@ class RetrievalService:
                 if not isinstance(schema, Mapping):
                     raise UserError(f"{where}.schema must be a JSON object, got {type(schema).__name__}")
                 metadata[TOOL_SCHEMA_FIELD] = json.dumps(schema, ensure_ascii=False, sort_keys=True)
-            docs.append(Document(id=doc_id, text=text, title=title, metadata=metadata))
-            keys.append(render_key(spec.key_template, {"title": title, "text": text}, where=where))
+            doc = Document(id=doc_id, text=text, title=title, metadata=metadata)
+            docs.append(doc)
+            keys.append(doc.key(spec.key_template, where=where))
         return docs, keys, spec.name
 
     def delete_documents(self, name: Any, *, ids: Any = None, filter: Any = None) -> int:
@@ -633,9 +633,7 @@ class RetrievalService:
             # the prompt shows, and the log keeps, each candidate as its KEY (for qa "{title} {text}"): what the
             # embedder encoded, what eval's prompts and the reward's prompts show, so a record exported from this
             # log is scored and trained on the same text that is served
-            hit_keys = [
-                render_key(spec.key_template, {"title": h.document.title, "text": h.document.text}) for h in hits
-            ]
+            hit_keys = [h.document.key(spec.key_template) for h in hits]
             keys.append(hit_keys)
             sections.append(Section(spec, hit_keys[: len(shown)], positions))
         prompt = build_prompt(

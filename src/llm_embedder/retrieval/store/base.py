@@ -39,6 +39,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from llm_embedder.data.corpus import render_key
+
 #: metadata condition language, see the module docstring
 Filter = Mapping[str, Any]
 SearchMode = Literal["dense", "bm25", "hybrid"]
@@ -51,14 +53,20 @@ DEFAULT_SCOPE = ""
 class Document:
     """One stored item: a passage, a memory turn, a text chunk, a demonstration, a tool description.
 
-    ``text`` (and ``title``) are what BM25 reads and what a prompt shows; the vector stored with it was encoded from
-    the key rendered by the collection's task. ``metadata`` is free JSON (scalars or lists of scalars per field).
+    ``text`` (and ``title``) are what BM25 reads; the vector stored with it was encoded from :meth:`key`, the
+    collection task's key, which is also what an augmented prompt shows. ``metadata`` is free JSON (scalars or lists of scalars per field).
     """
 
     id: str
     text: str
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def key(self, key_template: str, *, where: str = "") -> str:
+        """The text the embedder encodes for this document: ``key_template`` (the collection task's) filled with
+        ``title`` and ``text`` by the one key rule of eval and training (:func:`llm_embedder.data.corpus.render_key`),
+        so a served document, a re-indexed one and a training record's candidate are the same string."""
+        return render_key(key_template, {"title": self.title, "text": self.text}, where=where)
 
 
 @dataclass(frozen=True)

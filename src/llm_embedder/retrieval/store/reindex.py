@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from llm_embedder.data.corpus import render_key
 from llm_embedder.errors import UserError
 from llm_embedder.retrieval.store.base import Store
 from llm_embedder.retrieval.store.checks import check_name
@@ -88,7 +87,7 @@ def reindex_collection(
         spec = tasks.get(current.task)
         source, target = store.collection(name), store.create_collection(copy)
         for scope, documents, _ in source.scan(batch_size=batch_size):
-            keys = [render_key(spec.key_template, {"title": d.title, "text": d.text}) for d in documents]
+            keys = [d.key(spec.key_template) for d in documents]
             vectors = embedder.encode(keys, task=spec.name, side="key", show_progress_bar=False)
             target.upsert(documents, vectors, encoder=new_encoder, scope=scope)
         encoded = target.count(scope=None)
