@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm_embedder.errors import UserError
+from llm_embedder.errors import EXIT_USER_ERROR, UserError
 from llm_embedder.retrieval.store import open_store
 from llm_embedder.retrieval.store.base import CollectionInfo, Document
 from llm_embedder.retrieval.store.reindex import STAGING_SUFFIX, reindex_collection
@@ -138,7 +138,6 @@ def test_unknown_collection_is_one_line(store):
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
     from llm_embedder.cli.main import main
-    from llm_embedder.errors import EXIT_USER_ERROR
 
     cases = [
         ([], "give --data-dir (or --store)"),
@@ -151,6 +150,22 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "typo").exists()
+
+
+def test_reindex_is_refused_while_a_server_holds_the_folder(tmp_path, capsys):
+    """A running server's acknowledged writes would be lost in the rebuild: reindex waits for none, it refuses."""
+    from llm_embedder.cli.main import main
+    from llm_embedder.serving.service import hold_data_dir
+
+    data = tmp_path / "data"
+    store = open_store(str(data / "store"))
+    store.create_collection(CollectionInfo("kb", "qa", "old", 4))
+    store.close()
+    with hold_data_dir(data):
+        assert main(["reindex", "--data-dir", str(data), "--model", "default"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "this data folder is in use by another llm-embedder process (a server or a reindex)" in err
+    assert err.count("\n") == 1
 
 
 def test_a_short_copy_drops_nothing(tmp_path, monkeypatch):

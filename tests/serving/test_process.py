@@ -1,5 +1,6 @@
 """`llm-embedder serve` as a real process: kill -9 during a write burst loses no acknowledged write, a restart
-serves the same data, and a non-loopback bind without an API key is refused."""
+serves the same data (the killed server's folder lock is gone with it), a second server on a served folder and a
+non-loopback bind without an API key are refused."""
 
 from __future__ import annotations
 
@@ -54,6 +55,18 @@ class ServerProcess:
 def test_acknowledged_writes_survive_kill_9_and_restart(tmp_path, make_service, serve_app):
     data = tmp_path / "data"
     server = ServerProcess(data)
+    # a second server on the same folder is refused at once, in one line (it would not know the first's augment ids)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    second = subprocess.run(
+        [sys.executable, "-m", "llm_embedder.cli.main", "serve", "--data-dir", str(data), "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert second.returncode == 2
+    assert second.stderr.startswith(f"llm-embedder serve: error: {data / 'service'}: this data folder is in use by ")
+    assert f"(pid {server.process.pid})" in second.stderr and second.stderr.count("\n") == 1
     http = httpx.Client(base_url=server.url, timeout=30)
     http.post("/v1/collections", json={"name": "kb", "task": "qa"}).raise_for_status()
     acked_docs: list[str] = []

@@ -63,6 +63,17 @@ def test_stored_keys_are_rendered_as_training_and_eval_render_them(service, serv
     assert key == "Paris is the capital of France."
 
 
+def test_one_service_per_data_folder(make_service, tmp_path):
+    """A second service on a folder in use is refused (it would 404 the first one's feedback); close releases it."""
+    first = make_service(tmp_path / "d")
+    with pytest.raises(UserError, match=r"this data folder is in use by another llm-embedder process .*\(pid \d+\)"):
+        make_service(tmp_path / "d")
+    make_service(tmp_path / "other").close()  # another folder: fine
+    first.close()
+    assert not (tmp_path / "d" / "service.lock").exists()
+    make_service(tmp_path / "d").create_collection("kb", "qa")
+
+
 def test_collections_list_conflict_drop(service, serve_embedder):
     assert service.create_collection("kb", "qa") == {
         "name": "kb",

@@ -4,7 +4,9 @@
     llm-embedder reindex --data-dir DIR --model runs/tuned                 # every collection, memory included
     llm-embedder reindex --store milvus://127.0.0.1:19530 --model runs/tuned --collection kb
 
-Stop the server first. Each collection is copied twice (re-encoded into ``NAME__reindex``, then back under its own
+Stop the server first: with ``--data-dir`` this is enforced (the folder's lock: reindex is refused while a server
+runs on it, and a server refused while reindex runs); with ``--store`` alone, stop every server on that store
+yourself. Each collection is copied twice (re-encoded into ``NAME__reindex``, then back under its own
 name), so a kill loses nothing: run the same command again to finish. ``--backend``, ``--instructions`` and
 ``--model`` must be what ``serve`` will be started with (the store records the encoder's identity).
 """
@@ -12,6 +14,7 @@ name), so a kill loses nothing: run the same command again to finish. ``--backen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -47,6 +50,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     uri = args.store or str(Path(args.data_dir) / "store")
     load_tasks_file(args)
+    from llm_embedder.serving.service import hold_data_dir
+
+    with contextlib.ExitStack() as held:
+        if args.data_dir is not None and Path(args.data_dir).is_dir():
+            # no server may write to the store meanwhile: a write it acknowledged would be lost in the rebuild
+            held.enter_context(hold_data_dir(args.data_dir))
+        return _reindex(args, uri)
+
+
+def _reindex(args: argparse.Namespace, uri: str) -> int:
     from llm_embedder.model.embedder import LLMEmbedder
     from llm_embedder.retrieval.store import open_store
     from llm_embedder.retrieval.store.reindex import STAGING_SUFFIX, reindex_collection

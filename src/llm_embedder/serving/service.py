@@ -27,6 +27,7 @@ request there, await the encoder without a thread hop, and run the store search 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -49,6 +50,7 @@ from llm_embedder.serving.errors import Conflict, NotFound, TooLarge
 from llm_embedder.serving.feedback import FeedbackLog
 from llm_embedder.serving.metrics import ServiceMetrics
 from llm_embedder.serving.prompting import Section, build_prompt
+from llm_embedder.utils.files import exclusive_lock
 
 #: collection names: identifiers (a store collection name on every backend, Milvus included), never paths
 COLLECTION_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -148,6 +150,7 @@ class RetrievalService:
             budget and cuts long-document chunks); called on first use, so a server that never builds prompts never
             loads it.
         lm: optional ``generate(prompt) -> str`` for ``augment(..., generate=True)``.
+        held: the data folder's lock when the caller took it (:func:`hold_data_dir`); else taken here.
     """
 
     def __init__(
@@ -161,7 +164,10 @@ class RetrievalService:
         lm: Any = None,
         chunk_tokens: int = 128,
         max_prompt_tokens: int = 1024,
+        held: contextlib.ExitStack | None = None,
     ) -> None:
+        #: the data folder's lock (:func:`hold_data_dir`), released by :meth:`close`
+        self._held = held if held is not None else hold_data_dir(data_dir)
         self.embedder = embedder
         self.store = store
         self.limits = limits or Limits()
@@ -189,8 +195,11 @@ class RetrievalService:
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
-        self.encoder.close()
-        self.store.close()
+        try:
+            self.encoder.close()
+            self.store.close()
+        finally:
+            self._held.close()
 
     def _encode(self, texts: list[str], task: str, side: str) -> np.ndarray:
         return self.embedder.encode(texts, task=task, side=side, show_progress_bar=False)
@@ -811,6 +820,25 @@ async def _in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, functools.partial(function, *args, **kwargs))
 
 
+def hold_data_dir(data_dir: str | Path) -> contextlib.ExitStack:
+    """Take ``data_dir`` for this process until the returned stack is closed: one server (or ``reindex``) per folder.
+
+    Why: two servers on one folder would each know only their own augment ids (feedback for the other's would be a
+    404), and ``reindex`` rebuilds a collection from a copy, so a write a running server acknowledged meanwhile
+    would be lost. An OS lock (``DIR/service.lock``, released by the kernel even on kill -9), refused in one line.
+    """
+    folder = Path(data_dir)
+    stack = contextlib.ExitStack()
+    stack.enter_context(
+        exclusive_lock(
+            folder / "service",
+            busy="this data folder is in use by another llm-embedder process (a server or a reindex)",
+            hint="stop that process first, or give this one another --data-dir",
+        )
+    )
+    return stack
+
+
 def open_service(
     data_dir: str | Path,
     *,
@@ -830,11 +858,33 @@ def open_service(
     SmolLM2 tokenizer is used and ``generate`` is refused.
 
     ``backend="auto"`` (see :func:`serving_backend`) picks the encoder's fastest runtime for the device."""
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    held = hold_data_dir(data)  # before loading anything: a second server on the folder is refused at once
+    try:
+        return _open_service(data, held, model, store, backend, device, lm, limits, chunk_tokens, max_prompt_tokens,
+                             use_instructions)  # fmt: skip
+    except BaseException:
+        held.close()
+        raise
+
+
+def _open_service(
+    data: Path,
+    held: contextlib.ExitStack,
+    model: str | None,
+    store: str | None,
+    backend: str,
+    device: str | None,
+    lm: str | None,
+    limits: Limits | None,
+    chunk_tokens: int,
+    max_prompt_tokens: int,
+    use_instructions: bool | None,
+) -> RetrievalService:
     from llm_embedder.model.embedder import LLMEmbedder
     from llm_embedder.retrieval.store import open_store
 
-    data = Path(data_dir)
-    data.mkdir(parents=True, exist_ok=True)
     backend = serving_backend(backend, device)
     embedder = LLMEmbedder(model, device=device, backend=backend, use_instructions=use_instructions)  # type: ignore[arg-type]
 
@@ -859,4 +909,5 @@ def open_service(
         lm=generator,
         chunk_tokens=chunk_tokens,
         max_prompt_tokens=max_prompt_tokens,
+        held=held,
     )

@@ -117,7 +117,9 @@ def _flock_unless_alive(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike[str], *, what: str = "output") -> Iterator[Path]:
+def exclusive_lock(
+    path: str | os.PathLike[str], *, what: str = "output", busy: str | None = None, hint: str | None = None
+) -> Iterator[Path]:
     """Hold an exclusive lock on ``path`` (a ``<path>.lock`` file beside it) for the whole block.
 
     Two jobs writing the same output (two ``score`` runs with one ``-o``, two ``index`` runs into one folder) would
@@ -125,6 +127,7 @@ def exclusive_lock(path: str | os.PathLike[str], *, what: str = "output") -> Ite
     line instead. The lock is an OS-level ``flock``: the kernel releases it when the holder exits, even on kill -9, so
     a crashed run never leaves a stale lock behind (after kill -9 the ``.lock`` file stays, only as a handle the next
     run takes over). A finished run removes it, under the lock; a waiter that locked the removed file opens it again.
+    ``busy`` and ``hint`` replace the refusal's wording (default: "another run is writing this ``what``").
     """
     target = Path(path)
     lock_path = target.with_name(target.name + ".lock")
@@ -145,8 +148,10 @@ def exclusive_lock(path: str | os.PathLike[str], *, what: str = "output") -> Ite
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             raise UserError(
-                f"{target}: another run (pid {holder}) is writing this {what}",
-                hint="wait for it to finish, or choose another output path",
+                f"{target}: {busy} (pid {holder})"
+                if busy
+                else f"{target}: another run (pid {holder}) is writing this {what}",
+                hint=hint or "wait for it to finish, or choose another output path",
             ) from None
         # The holder before us removes the lock file when it finishes; if we locked that removed file, the lock
         # protects nothing: open the current one again.
