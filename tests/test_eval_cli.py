@@ -247,10 +247,26 @@ def test_unseen_tasks_from_a_task_file(tiny_lm_dir, tmp_path, capsys, isolated_t
     assert results["results"]["bm25"]["recall@2"] == pytest.approx(1.0)  # the words overlap: BM25 finds them
     assert "ndcg@2" not in results["results"]["none"]
     assert math.isfinite(results["results"]["none"]["answer_logprob"])
-    # the LLM metrics have no per-query values: the pairs compare the main retrieval metric
-    assert results["main_metric"] == "contains_answer" and results["paired_metric"] == "ndcg@2"
-    assert {name: list(against) for name, against in results["paired"].items()} == {"random": ["bm25"]}
-    assert "paired differences (ndcg@2, the main retrieval metric)" in (out / "recipes.md").read_text()
+    # qa's LLM metrics are means over records: the pairs compare the LLM's own main metric, record by record, and
+    # the LLM alone ("none") has values too
+    assert results["main_metric"] == results["paired_metric"] == "contains_answer"
+    assert {name: list(against) for name, against in results["paired"].items()} == {
+        "none": ["bm25"],
+        "random": ["bm25"],
+    }
+    for name in ("none", "bm25", "random"):
+        values = results["per_query"][name]
+        assert set(values["contains_answer"]) == set(results["per_query"]["bm25"]["ndcg@2"])  # the same query ids
+        for metric in ("contains_answer", "exact_match", "answer_logprob"):
+            assert sum(values[metric].values()) / len(values[metric]) == pytest.approx(results["results"][name][metric])
+    assert "paired differences (main metric contains_answer)" in (out / "recipes.md").read_text()
+    # "does retrieval help the LLM at all?": the LLM alone as the baseline, on the LLM's metric
+    argv = ["eval", "--tasks", str(tasks), "--task", "recipes", "--data", str(records), "--corpus", str(corpus)]
+    argv += ["-r", "none", "-r", "bm25", "--baseline", "none", "--lm", str(tiny_lm_dir), "-o", str(out), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    results = json.loads((out / "recipes.json").read_text())
+    assert results["baselines"] == ["none"] and list(results["paired"]) == ["bm25"]
+    assert results["paired"]["bm25"]["none"]["n"] == 3
 
     # a retrieval-only unseen task against each record's own candidates (no corpus, no LLM needed)
     gadgets = write_jsonl(

@@ -159,6 +159,9 @@ def test_icl_picks_the_lowest_mean_nll_option_by_default(llm_tokenizer, monkeypa
         "icl", {**icl.to_dict(), "evaluation": {**icl.to_dict()["evaluation"], "option_score": "sum"}}
     )
     assert ICLEvaluator(summed, settings).evaluate([record], keys, _FakeLM(llm_tokenizer))["accuracy"] == 0.0
+    # per record, for the paired comparisons: accuracy is a mean over records, the macro accuracy is not
+    scores = ICLEvaluator(summed, settings).score_records([record], keys, _FakeLM(llm_tokenizer))
+    assert scores.per_record == {"accuracy": [0.0]} and set(scores.per_record) == ICLEvaluator.per_record_metrics
 
 
 # ------------------------------------------------------------------------------------------------ max_sample_num

@@ -22,7 +22,7 @@ from llm_embedder.data.records import Record, load_records
 from llm_embedder.errors import UserError
 from llm_embedder.evaluation.downstream.base import DownstreamEvaluator, DownstreamSettings, LanguageModel
 from llm_embedder.evaluation.downstream.registry import get_downstream
-from llm_embedder.evaluation.metrics import mean_metrics, per_query_metrics
+from llm_embedder.evaluation.metrics import mean_metrics, per_query_metrics, record_query_ids
 from llm_embedder.evaluation.retrieve import RetrievalOutcome, retrieve
 from llm_embedder.evaluation.retrievers import EvalRetriever, build_retriever, caching_loader
 from llm_embedder.evaluation.significance import DEFAULT_BASELINES, check_baselines, compare_to_baselines
@@ -204,10 +204,12 @@ def evaluate(
     if baselines is not None:
         check_baselines(baselines, labels)
         blind = next((r.name for r in built if r.name in baselines and not r.retrieves), None)
-        if blind is not None:
+        # a retriever that retrieves nothing ("none": the LLM alone) has per-query values only for the LLM's metric
+        llm_paired = run_downstream and evaluator.supports_no_retrieval and bool(evaluator.per_record_metrics)
+        if blind is not None and not llm_paired:
             raise UserError(
                 f"baseline {blind!r} retrieves nothing, so it has no per-query retrieval metrics to compare with",
-                hint="choose a retriever that retrieves",
+                hint="choose a retriever that retrieves, or compare on an LLM metric (qa, icl) with the LLM on",
             )
     for retriever in built:
         retriever.prepare(spec)
@@ -237,6 +239,7 @@ def evaluate(
 
     language_model = None
     if run_downstream:
+        lm_ids = record_query_ids(records)[: len(lm_records)]
         language_model = load_language_model(lm, dtype=lm_dtype, device=device)
         for retriever in built:
             if not (retriever.retrieves or evaluator.supports_no_retrieval):
@@ -247,15 +250,19 @@ def evaluate(
                 f"[eval {spec.name}] {retriever.name}: {evaluator.name} evaluation with {language_model.name}",
             )
             keys = outcomes[retriever.name].keys[:downstream_limit]
-            downstream_metrics = evaluator.evaluate(lm_records, keys, language_model)
-            results[retriever.name] = {**downstream_metrics, **results[retriever.name]}
+            scores = evaluator.score_records(lm_records, keys, language_model)
+            results[retriever.name] = {**scores.metrics, **results[retriever.name]}
+            # the LLM's per-record values, under the query ids of the retrieval metrics, for the paired comparisons
+            for metric, record_values in scores.per_record.items():
+                per_query.setdefault(retriever.name, {})[metric] = dict(zip(lm_ids, record_values, strict=True))
             details[retriever.name]["downstream_seconds"] = round(time.perf_counter() - t0, 2)
 
     computed = {name for metrics in results.values() for name in metrics}
     order = [m for m in (*(evaluator.metrics if run_downstream else ()), *spec.evaluation.metrics) if m in computed]
     main = next((m for m in order if m in evaluator.metrics), spec.evaluation.main_metric)
     main = main if main in computed else (order[0] if order else None)
-    # the LLM metrics have no per-query values: then the comparison is on the task's main retrieval metric
+    # paired on the main metric where it has per-query values (the LLM's metric when it is a mean over records),
+    # else on the task's main retrieval metric (pooled LLM metrics such as perplexity have no per-query values)
     with_values = {m for values in per_query.values() for m in values}
     paired_metric = next(
         (m for m in (main, spec.evaluation.main_metric, *spec.evaluation.metrics) if m in with_values), None

@@ -2,6 +2,7 @@
 
 from llm_embedder.evaluation.downstream.base import (
     DownstreamEvaluator,
+    DownstreamScores,
     DownstreamSettings,
     LanguageModel,
     RetrievedKey,
@@ -11,6 +12,7 @@ from llm_embedder.evaluation.downstream.registry import DOWNSTREAM, get_downstre
 __all__ = [
     "DOWNSTREAM",
     "DownstreamEvaluator",
+    "DownstreamScores",
     "DownstreamSettings",
     "LanguageModel",
     "RetrievedKey",

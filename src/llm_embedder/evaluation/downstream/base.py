@@ -41,6 +41,18 @@ class DownstreamSettings:
 
 
 @dataclass
+class DownstreamScores:
+    """What an evaluator measured: ``metrics`` over all records, and ``per_record`` - for each metric that is a mean
+    over records (a record's exact match, its answer log-probability, whether its label was picked) - the value of
+    every record, in record order. Why: the paired significance test compares two retrievers record by record on the
+    LLM's own metric, not only on retrieval. Pooled metrics (token-weighted perplexity, macro accuracy) are no mean
+    of per-record values and have none."""
+
+    metrics: dict[str, float]
+    per_record: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
 class LanguageModel:
     """A loaded causal LM with its tokenizer (what ``load_causal_lm`` returns) and a display name."""
 
@@ -53,7 +65,8 @@ class DownstreamEvaluator(ABC):
     """Measures an LLM's output quality with the retrieved keys of each record in its prompt.
 
     Subclasses set ``name``, ``metrics`` (the names they report, in display order) and ``lower_is_better``, check
-    the fields they need in :meth:`check_records`, and compute the metrics in :meth:`evaluate`.
+    the fields they need in :meth:`check_records`, and compute the metrics (with per-record values where the metric
+    is a mean over records) in :meth:`score_records`.
     """
 
     name: ClassVar[str] = ""
@@ -63,6 +76,8 @@ class DownstreamEvaluator(ABC):
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     #: "none" is a meaningful baseline when the LLM answers without retrieval
     supports_no_retrieval: ClassVar[bool] = True
+    #: the metrics :meth:`score_records` gives per-record values for (means over records)
+    per_record_metrics: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, spec: TaskSpec, settings: DownstreamSettings | None = None) -> None:
         self.spec = spec
@@ -92,10 +107,17 @@ class DownstreamEvaluator(ABC):
         """Raise :class:`DataError` (file:line, field) when a record lacks what this scenario needs."""
 
     @abstractmethod
+    def score_records(
+        self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
+    ) -> DownstreamScores:
+        """Metrics over all records and per-record values; ``retrieved[i]`` holds record i's keys, most relevant
+        first (maybe empty)."""
+
     def evaluate(
         self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
     ) -> dict[str, float]:
-        """Metrics over all records; ``retrieved[i]`` holds record i's keys, most relevant first (maybe empty)."""
+        """Metrics over all records (:meth:`score_records` without the per-record values)."""
+        return self.score_records(records, retrieved, lm).metrics
 
 
 def prompt_spec(spec: TaskSpec) -> TaskSpec:

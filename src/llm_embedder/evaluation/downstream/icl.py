@@ -28,6 +28,7 @@ import numpy as np
 from llm_embedder.data.records import Record
 from llm_embedder.evaluation.downstream.base import (
     DownstreamEvaluator,
+    DownstreamScores,
     LanguageModel,
     RetrievedKey,
     record_error,
@@ -52,6 +53,7 @@ class ICLEvaluator(DownstreamEvaluator):
 
     name: ClassVar[str] = "icl"
     metrics: ClassVar[tuple[str, ...]] = ("accuracy", "accuracy_macro")
+    per_record_metrics: ClassVar[frozenset[str]] = frozenset({"accuracy"})
 
     def check_records(self, records: Sequence[Record]) -> None:
         require_answers(records, "icl")
@@ -66,9 +68,9 @@ class ICLEvaluator(DownstreamEvaluator):
             if (record.answers or [""])[0] not in record.options:
                 raise record_error(record, f"gold answer {record.answers[0]!r} is not one of the options", "answers")
 
-    def evaluate(
+    def score_records(
         self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
-    ) -> dict[str, float]:
+    ) -> DownstreamScores:
         assert lm is not None
         budget = self.settings.max_prompt_tokens
         requests, owner = [], []
@@ -90,7 +92,8 @@ class ICLEvaluator(DownstreamEvaluator):
             ok = options[pick_option(sums, counts, rule)] == (record.answers or [""])[0]
             correct.append(ok)
             groups[tuple(sorted(options))].append(ok)
-        return {
+        metrics = {
             "accuracy": float(np.mean(correct)),
             "accuracy_macro": float(np.mean([np.mean(g) for g in groups.values()])),
         }
+        return DownstreamScores(metrics, {"accuracy": [float(ok) for ok in correct]})

@@ -15,6 +15,7 @@ import numpy as np
 from llm_embedder.data.records import Record
 from llm_embedder.evaluation.downstream.base import (
     DownstreamEvaluator,
+    DownstreamScores,
     LanguageModel,
     RetrievedKey,
     require_answers,
@@ -39,9 +40,9 @@ class PerplexityEvaluator(DownstreamEvaluator):
     def check_records(self, records: Sequence[Record]) -> None:
         require_answers(records, self.name)
 
-    def evaluate(
+    def score_records(
         self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
-    ) -> dict[str, float]:
+    ) -> DownstreamScores:
         assert lm is not None
         requests = [
             build_scoring_request(
@@ -52,4 +53,5 @@ class PerplexityEvaluator(DownstreamEvaluator):
             for record, keys in zip(records, retrieved, strict=True)
         ]
         sum_lp, n_tok = score(lm, requests, self.settings, desc=f"{self.name} target likelihood")
-        return {"perplexity": token_weighted_perplexity(sum_lp, n_tok)}
+        # pooled over tokens, so no per-record values (a record's own perplexity does not average to it)
+        return DownstreamScores({"perplexity": token_weighted_perplexity(sum_lp, n_tok)})

@@ -21,6 +21,7 @@ import torch
 from llm_embedder.data.records import Record
 from llm_embedder.evaluation.downstream.base import (
     DownstreamEvaluator,
+    DownstreamScores,
     LanguageModel,
     RetrievedKey,
     require_answers,
@@ -60,13 +61,14 @@ class QAEvaluator(DownstreamEvaluator):
 
     name: ClassVar[str] = "qa"
     metrics: ClassVar[tuple[str, ...]] = ("contains_answer", "exact_match", "answer_logprob")
+    per_record_metrics: ClassVar[frozenset[str]] = frozenset(metrics)
 
     def check_records(self, records: Sequence[Record]) -> None:
         require_answers(records, "qa")
 
-    def evaluate(
+    def score_records(
         self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
-    ) -> dict[str, float]:
+    ) -> DownstreamScores:
         assert lm is not None
         budget = self.settings.max_prompt_tokens
         requests, owner = [], []
@@ -93,11 +95,12 @@ class QAEvaluator(DownstreamEvaluator):
         )
         em = [exact_match(first_line(o), r.answers or []) for o, r in zip(outputs, records, strict=True)]
         hit = [contains_answer(first_line(o), r.answers or []) for o, r in zip(outputs, records, strict=True)]
-        return {
-            "exact_match": float(np.mean(em)),
-            "contains_answer": float(np.mean(hit)),
-            "answer_logprob": float(np.mean(best)),
+        per_record = {
+            "exact_match": [float(x) for x in em],
+            "contains_answer": [float(x) for x in hit],
+            "answer_logprob": [float(x) for x in best],
         }
+        return DownstreamScores({m: float(np.mean(v)) for m, v in per_record.items()}, per_record)
 
 
 def generate_greedy(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from llm_embedder.data.records import Record
-from llm_embedder.evaluation.downstream.base import DownstreamEvaluator, LanguageModel, RetrievedKey
+from llm_embedder.evaluation.downstream.base import DownstreamEvaluator, DownstreamScores, LanguageModel, RetrievedKey
 
 
 class RetrievalOnlyEvaluator(DownstreamEvaluator):
@@ -17,7 +17,7 @@ class RetrievalOnlyEvaluator(DownstreamEvaluator):
     needs_lm: ClassVar[bool] = False
     supports_no_retrieval: ClassVar[bool] = False
 
-    def evaluate(
+    def score_records(
         self, records: Sequence[Record], retrieved: Sequence[Sequence[RetrievedKey]], lm: LanguageModel | None
-    ) -> dict[str, float]:
-        return {}
+    ) -> DownstreamScores:
+        return DownstreamScores({})
