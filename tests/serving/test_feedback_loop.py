@@ -131,6 +131,27 @@ def test_feedback_entries_are_in_the_record_format(tmp_path):
     ]
 
 
+def test_startup_reads_the_same_ids_as_parsing_every_line(tmp_path):
+    """The ids rebuilt at start-up (read from each line's start) are those of the parsed lines: uuid hex ids, ids of
+    another shape, a line that is not an augment, and a torn last line."""
+    import uuid
+
+    from llm_embedder.serving.feedback import _logged_augment_ids, _read_lines
+
+    log = FeedbackLog(tmp_path)
+    entry = {"query": 'q "quoted" ,', "task": "qa", "candidates": [], "in_prompt": []}
+    ids = [uuid.uuid4().hex for _ in range(5)] + ["not-hex", "A" * 32, uuid.uuid4().hex.upper()]
+    for augment_id in ids:
+        log.record_augment(augment_id, {"kb": entry})
+    path = tmp_path / "kb.augments.jsonl"
+    with open(path, "ab") as handle:
+        handle.write(b'{"other": 1}\n{"augment_id": "' + uuid.uuid4().hex.encode() + b'", "query": "cut')
+    fast = list(_logged_augment_ids(path))
+    assert fast == [str(e.get("augment_id")) for e in _read_lines(path)] == [*ids, "None"]
+    restarted = FeedbackLog(tmp_path)
+    assert all(restarted.knows(i) for i in ids) and len(restarted._augments) == len(ids) + 1
+
+
 def test_candidates_export_as_their_keys_and_older_logs_as_their_text(tmp_path):
     """The service logs a candidate's key (what was encoded and shown); a log written before it kept ``text``."""
     log = FeedbackLog(tmp_path)
