@@ -34,6 +34,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -327,8 +328,10 @@ def main() -> None:
         t0 = time.perf_counter()
         fill_store(data, embedder, args.keys, passages, args.index)
         print(f"store filled with {args.keys} keys in {time.perf_counter() - t0:.0f} s", flush=True)
+        # one server per data folder (serve holds its folder): the one-request-one-encode server gets a copy
+        shutil.copytree(data, Path(tmp) / "data-single")
         batched = Server(data, args.backend)
-        single = Server(data, args.backend, "--max-batch", "1")
+        single = Server(Path(tmp) / "data-single", args.backend, "--max-batch", "1")
         try:
 
             def search(client: int, i: int) -> tuple[str, str, dict[str, Any]]:
