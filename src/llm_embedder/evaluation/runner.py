@@ -143,7 +143,8 @@ def evaluate(
     Returns:
         a JSON-able dict: ``results`` maps each retriever label to ``{metric: value}``; ``metrics`` lists the
         columns in display order, ``lower_is_better`` the metrics where smaller wins; ``per_query`` holds the
-        retrieval metrics' per-query values (``{retriever: {metric: {query id: value}}}``) and ``paired`` the
+        retrieval metrics' per-query values and those of the LLM metrics that are means over records
+        (``{retriever: {metric: {query id: value}}}``) and ``paired`` the
         comparisons on ``paired_metric`` (``{retriever: {baseline: {diff, ci_low, ci_high, p, n}}}``); plus run
         details.
     """
@@ -253,8 +254,11 @@ def evaluate(
             scores = evaluator.score_records(lm_records, keys, language_model)
             results[retriever.name] = {**scores.metrics, **results[retriever.name]}
             # the LLM's per-record values, under the query ids of the retrieval metrics, for the paired comparisons
+            # (a value that is not finite is left unpaired, as an unjudged query: JSON and the tests need numbers)
             for metric, record_values in scores.per_record.items():
-                per_query.setdefault(retriever.name, {})[metric] = dict(zip(lm_ids, record_values, strict=True))
+                per_query.setdefault(retriever.name, {})[metric] = {
+                    qid: value for qid, value in zip(lm_ids, record_values, strict=True) if math.isfinite(value)
+                }
             details[retriever.name]["downstream_seconds"] = round(time.perf_counter() - t0, 2)
 
     computed = {name for metrics in results.values() for name in metrics}
