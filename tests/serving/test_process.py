@@ -52,9 +52,25 @@ class ServerProcess:
         self.process.wait(30)
 
 
-def test_acknowledged_writes_survive_kill_9_and_restart(tmp_path, make_service, serve_app):
+@pytest.fixture
+def start_server():
+    """``start_server(data, *extra)``: a :class:`ServerProcess`, killed at teardown if a failed test left it running."""
+    started: list[ServerProcess] = []
+
+    def start(data: Path, *extra: str) -> ServerProcess:
+        started.append(ServerProcess(data, *extra))
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(30)
+
+
+def test_acknowledged_writes_survive_kill_9_and_restart(tmp_path, make_service, serve_app, start_server):
     data = tmp_path / "data"
-    server = ServerProcess(data)
+    server = start_server(data)
     # a second server on the same folder is refused at once, in one line (it would not know the first's augment ids)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     second = subprocess.run(
