@@ -234,6 +234,11 @@ def test_chat_perplexity_equals_hand_computation(tiny_lm):
     assert got == pytest.approx(expected, rel=1e-4)
     per_sample = float(np.mean([math.exp(-lp / n) for lp, n in parts]))
     assert got != pytest.approx(per_sample, rel=1e-4)
+    # per record, for the paired comparisons: each record's NLL sum x records / all tokens, averaging to log(ppl)
+    shares = evaluator.score_records(records, retrieved, tiny_lm).per_record["log_perplexity"]
+    total = sum(n for _, n in parts)
+    assert shares == pytest.approx([-lp * len(parts) / total for lp, _ in parts], rel=1e-4)
+    assert float(np.mean(shares)) == pytest.approx(math.log(got), rel=1e-6)
 
 
 def test_lrlm_prompt_keeps_document_order_and_the_query_chunk(tiny_lm):

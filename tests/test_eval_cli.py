@@ -44,7 +44,8 @@ def _chat_eval(data_dir: Path, *extra: str) -> int:
 
 def test_eval_writes_table_json_and_png(data_dir, tiny_lm_dir, tmp_path, capsys):
     out = tmp_path / "report"
-    rc = _chat_eval(data_dir, "-r", "lucky=random", "--lm", str(tiny_lm_dir), "--limit", "3", "-o", str(out))
+    lm = ["--lm", str(tiny_lm_dir)]
+    rc = _chat_eval(data_dir, "-r", "lucky=random", *lm, "--limit", "3", "--baseline", "none", "-o", str(out))
     printed = capsys.readouterr().out
     assert rc == 0
     assert "| retriever | perplexity ↓ |" in printed
@@ -55,6 +56,14 @@ def test_eval_writes_table_json_and_png(data_dir, tiny_lm_dir, tmp_path, capsys)
     assert all(math.isfinite(results["results"][n]["perplexity"]) for n in results["retrievers"])
     assert (out / "chat.md").read_text().startswith("task `chat`")
     assert (out / "chat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # pooled perplexity is compared record by record through its logarithm (the same targets for every retriever)
+    assert results["paired_metric"] == "log_perplexity" and set(results["per_query"]) == {"none", "recency", "lucky"}
+    for name in results["retrievers"]:
+        values = results["per_query"][name]["log_perplexity"]
+        assert sum(values.values()) / len(values) == pytest.approx(math.log(results["results"][name]["perplexity"]))
+    report = (out / "chat.md").read_text()
+    assert "paired differences (log_perplexity, the LLM's metric per record; lower is better)" in report
+    assert "- recency vs none: " in report and "- lucky vs none: " in report  # the LLM alone as the baseline
 
 
 def _bad_record_file(tmp_path: Path) -> Path:
@@ -118,7 +127,19 @@ def test_bad_input_is_one_line_exit_2(case, expected, data_dir, tiny_lm_dir, tmp
         "missing_encoder": ["--task", "chat", "--data", chat, "-r", "./no/such/encoder", *lm],
         "duplicate_retriever": ["--task", "chat", "--data", chat, "-r", "bm25", "-r", "bm25", *lm],
         "unknown_baseline": ["--task", "chat", "--data", chat, "-r", "bm25", "-r", "none", "--baseline", "bm2", *lm],
-        "blind_baseline": ["--task", "chat", "--data", chat, "-r", "bm25", "-r", "none", "--baseline", "none", *lm],
+        "blind_baseline": [
+            "--task",
+            "chat",
+            "--data",
+            chat,
+            "-r",
+            "bm25",
+            "-r",
+            "none",
+            "--baseline",
+            "none",
+            "--no-downstream",
+        ],  # fmt: skip
         "bad_limit": ["--task", "chat", "--data", chat, "-r", "none", "--limit", "0", *lm],
         "bad_downstream_limit": ["--task", "chat", "--data", chat, "-r", "none", "--downstream-limit", "0", *lm],
         "missing_lm": ["--task", "chat", "--data", chat, "-r", "none", "--lm", "./no/such/lm", "--limit", "2"],

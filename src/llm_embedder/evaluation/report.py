@@ -82,7 +82,9 @@ def render_paired(results: dict[str, Any], *, digits: int = 3) -> list[str]:
     if not paired:
         return []
     metric = results.get("paired_metric")
-    what = f"main metric {metric}" if metric == results.get("main_metric") else f"{metric}, the main retrieval metric"
+    what = results.get("paired_on") or (  # results written before "paired_on" existed
+        f"main metric {metric}" if metric == results.get("main_metric") else f"{metric}, the main retrieval metric"
+    )
     lines = [
         "",
         f"paired differences ({what}): retriever minus baseline on the queries judged for both, "

@@ -266,11 +266,23 @@ def evaluate(
     main = next((m for m in order if m in evaluator.metrics), spec.evaluation.main_metric)
     main = main if main in computed else (order[0] if order else None)
     # paired on the main metric where it has per-query values (the LLM's metric when it is a mean over records),
-    # else on the task's main retrieval metric (pooled LLM metrics such as perplexity have no per-query values)
+    # else on the LLM's per-record stand-in for it (log-perplexity for perplexity), else on the task's main
+    # retrieval metric
     with_values = {m for values in per_query.values() for m in values}
+    llm_values = sorted(evaluator.per_record_metrics) if run_downstream else []
     paired_metric = next(
-        (m for m in (main, spec.evaluation.main_metric, *spec.evaluation.metrics) if m in with_values), None
+        (m for m in (main, *llm_values, spec.evaluation.main_metric, *spec.evaluation.metrics) if m in with_values),
+        None,
     )
+    if paired_metric is None:
+        paired_on = None
+    elif paired_metric == main:
+        paired_on = f"main metric {paired_metric}"
+    elif paired_metric in llm_values:
+        lower = "; lower is better" if paired_metric in evaluator.lower_is_better else ""
+        paired_on = f"{paired_metric}, the LLM's metric per record{lower}"
+    else:
+        paired_on = f"{paired_metric}, the main retrieval metric"
     values = {name: per_query[name][paired_metric] for name in labels if paired_metric in per_query.get(name, {})}
     used_baselines = [b for b in (DEFAULT_BASELINES if baselines is None else baselines) if b in values]
     return {
@@ -295,6 +307,7 @@ def evaluate(
         "lower_is_better": sorted(m for m in order if m in evaluator.lower_is_better),
         "results": {name: {m: _clean(v) for m, v in metrics.items()} for name, metrics in results.items()},
         "paired_metric": paired_metric,
+        "paired_on": paired_on,
         "baselines": used_baselines,
         "paired": compare_to_baselines(values, used_baselines, seed=seed),
         "details": details,

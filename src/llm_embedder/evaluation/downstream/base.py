@@ -45,8 +45,8 @@ class DownstreamScores:
     """What an evaluator measured: ``metrics`` over all records, and ``per_record`` - for each metric that is a mean
     over records (a record's exact match, its answer log-probability, whether its label was picked) - the value of
     every record, in record order. Why: the paired significance test compares two retrievers record by record on the
-    LLM's own metric, not only on retrieval. Pooled metrics (token-weighted perplexity, macro accuracy) are no mean
-    of per-record values and have none."""
+    LLM's own metric, not only on retrieval. A pooled metric is no mean of per-record values: perplexity gives its
+    logarithm per record instead (``log_perplexity``), macro accuracy nothing."""
 
     metrics: dict[str, float]
     per_record: dict[str, list[float]] = field(default_factory=dict)
@@ -76,7 +76,7 @@ class DownstreamEvaluator(ABC):
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     #: "none" is a meaningful baseline when the LLM answers without retrieval
     supports_no_retrieval: ClassVar[bool] = True
-    #: the metrics :meth:`score_records` gives per-record values for (means over records)
+    #: the metrics :meth:`score_records` gives per-record values for (means over records; maybe not columns)
     per_record_metrics: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, spec: TaskSpec, settings: DownstreamSettings | None = None) -> None:

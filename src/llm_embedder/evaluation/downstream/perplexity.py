@@ -35,7 +35,9 @@ class PerplexityEvaluator(DownstreamEvaluator):
     """Scores ``record.answers[0]`` after the task's prompt with the retrieved keys (the answer is never cut)."""
 
     metrics: ClassVar[tuple[str, ...]] = ("perplexity",)
-    lower_is_better: ClassVar[frozenset[str]] = frozenset({"perplexity"})
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"perplexity", "log_perplexity"})
+    #: per record only (not a column: the log of ``perplexity``), for the paired comparisons - see score_records
+    per_record_metrics: ClassVar[frozenset[str]] = frozenset({"log_perplexity"})
 
     def check_records(self, records: Sequence[Record]) -> None:
         require_answers(records, self.name)
@@ -53,5 +55,9 @@ class PerplexityEvaluator(DownstreamEvaluator):
             for record, keys in zip(records, retrieved, strict=True)
         ]
         sum_lp, n_tok = score(lm, requests, self.settings, desc=f"{self.name} target likelihood")
-        # pooled over tokens, so no per-record values (a record's own perplexity does not average to it)
-        return DownstreamScores({"perplexity": token_weighted_perplexity(sum_lp, n_tok)})
+        # The perplexity pools tokens, so a record's own perplexity does not average to it; its logarithm does, as
+        # the mean of each record's NLL sum x records / all target tokens. The targets (and their token counts)
+        # are the same whatever was retrieved, so two retrievers are compared record by record on these values.
+        total = float(np.sum(np.asarray(n_tok, dtype=np.float64)))
+        shares = [-float(lp) * len(requests) / total if total > 0 else float("nan") for lp in sum_lp]
+        return DownstreamScores({"perplexity": token_weighted_perplexity(sum_lp, n_tok)}, {"log_perplexity": shares})
