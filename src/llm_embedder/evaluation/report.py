@@ -87,7 +87,7 @@ def render_paired(results: dict[str, Any], *, digits: int = 3) -> list[str]:
     )
     lines = [
         "",
-        f"paired differences ({what}): retriever minus baseline on the queries judged for both, "
+        f"paired differences ({what}): retriever minus baseline on the queries with a value for both, "
         f"mean [95% bootstrap CI], two-sided randomization test p; * = p < {SIGNIFICANCE}",
         "",
     ]
