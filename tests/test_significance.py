@@ -127,8 +127,8 @@ def test_render_paired_lines():
     }
     assert render_paired(results) == [
         "",
-        "paired differences (ndcg@10, the main retrieval metric): retriever minus baseline on the queries judged for "
-        "both, mean [95% bootstrap CI], two-sided randomization test p; * = p < 0.05",
+        "paired differences (ndcg@10, the main retrieval metric): retriever minus baseline on the queries with a value "
+        "for both, mean [95% bootstrap CI], two-sided randomization test p; * = p < 0.05",
         "",
         "- full vs bm25: +0.104 [+0.061, +0.148], p < 0.001 (n = 100) *",
         "- full vs base: +0.012 [-0.008, +0.031], p = 0.242 (n = 100)",

@@ -2,7 +2,7 @@
 
 Why: our dev sets have 40-300 queries, where a difference of 0.01-0.02 in nDCG@10 between two retrievers is often
 noise. Both retrievers are scored on the same queries, so the comparison rests on the per-query differences
-``d_i = a_i - b_i`` (retriever minus baseline) of the queries judged for both:
+``d_i = a_i - b_i`` (retriever minus baseline) of the queries with a value for both:
 
 - ``diff``: the mean difference ``mean(d)`` (= the difference of the two means on these queries);
 - ``ci_low`` / ``ci_high``: a 95% paired bootstrap confidence interval of ``mean(d)`` (queries resampled with
