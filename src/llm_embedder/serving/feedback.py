@@ -39,43 +39,47 @@ AUGMENTS_SUFFIX = ".augments.jsonl"
 _ID_PREFIX = re.compile(rb'\{"augment_id": "([0-9a-f]{32})", ')
 
 
-def _logged_augment_ids(path: Path) -> Iterator[str]:
-    """The augment id of every complete line of an augment log, read from the line's start where the service wrote
-    it, without parsing the candidates after it (a line of another shape is parsed). Why: the ids are rebuilt at
-    every start, and parsing whole lines took 1.5 s per 100k augments (600 MB of log); see ``_read_lines`` for the
-    torn last line."""
+def _complete_lines(path: Path) -> Iterator[bytes]:
+    """The complete lines of an append-only log: a torn last line (a killed process's write, never acknowledged)
+    ends the reading."""
     if not path.is_file():
         return
     with open(path, "rb") as handle:
         for raw in handle:
             if not raw.endswith(b"\n"):
                 return
-            found = _ID_PREFIX.match(raw)
-            if found is not None:
-                yield found.group(1).decode("ascii")
-                continue
-            try:
-                value = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(value, dict):
-                yield str(value.get("augment_id"))
+            yield raw
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    """One line as a JSON object (``None`` for anything else)."""
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
     """The complete JSON objects of an append-only log (a torn last line from a crash is skipped)."""
-    if not path.is_file():
-        return
-    with open(path, "rb") as handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                return  # torn write of a killed process: never acknowledged
-            try:
-                value = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(value, dict):
-                yield value
+    for raw in _complete_lines(path):
+        value = _parse(raw)
+        if value is not None:
+            yield value
+
+
+def _logged_augment_ids(path: Path) -> Iterator[str]:
+    """The augment id of every complete line of an augment log, read from the line's start where the service wrote
+    it, without parsing the candidates after it (a line of another shape is parsed). Why: the ids are rebuilt at
+    every start, and parsing whole lines took 1.5 s per 100k augments (600 MB of log)."""
+    for raw in _complete_lines(path):
+        found = _ID_PREFIX.match(raw)
+        if found is not None:
+            yield found.group(1).decode("ascii")
+            continue
+        value = _parse(raw)
+        if value is not None:
+            yield str(value.get("augment_id"))
 
 
 class AugmentIds:
