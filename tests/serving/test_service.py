@@ -72,6 +72,15 @@ def test_one_service_per_data_folder(make_service, tmp_path):
     first.close()
     assert not (tmp_path / "d" / "service.lock").exists()
     make_service(tmp_path / "d").create_collection("kb", "qa")
+    # a service that fails while starting releases its folder at once, not when the garbage collector frees it:
+    # `failed` keeps the failed start's frames alive while the next service starts on the folder
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "feedback").write_text("not a folder")
+    with pytest.raises(FileExistsError) as failed:
+        make_service(tmp_path / "e")
+    (tmp_path / "e" / "feedback").unlink()
+    make_service(tmp_path / "e").create_collection("kb", "qa")
+    assert failed.value is not None
 
 
 def test_collections_list_conflict_drop(service, serve_embedder):

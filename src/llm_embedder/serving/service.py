@@ -168,30 +168,33 @@ class RetrievalService:
     ) -> None:
         #: the data folder's lock (:func:`hold_data_dir`), released by :meth:`close`
         self._held = held if held is not None else hold_data_dir(data_dir)
-        self.embedder = embedder
-        self.store = store
-        self.limits = limits or Limits()
-        self.data_dir = Path(data_dir)
-        self.metrics = ServiceMetrics()
-        self.feedback_log = FeedbackLog(self.data_dir / "feedback")
-        self.encoder = MicroBatcher(
-            self._encode,
-            max_queue=self.limits.max_queue,
-            max_batch_texts=self.limits.max_batch_texts,
-            observer=self.metrics.observe_batch,
-        )
-        self._prompt_tokenizer_factory = prompt_tokenizer
-        self._prompt_tokenizer: Any = None
-        self.lm = lm
-        self.chunk_tokens = chunk_tokens
-        self.max_prompt_tokens = max_prompt_tokens
-        self._create_lock = threading.Lock()
-        #: collections looked up before, so the event loop finds them without the store's lock (see _collection)
-        self._known: dict[str, Collection] = {}
-        #: striped locks serialising writes to one conversation / document (read-modify-write of its last item)
-        self._scope_locks = [threading.Lock() for _ in range(64)]
-        self.memory = self._system_collection(MEMORY_COLLECTION, "chat")
-        self.documents = self._system_collection(DOCUMENT_COLLECTION, "lrlm")
+        # released if anything below fails; kept by the service (pop_all) once it stands, until close()
+        with self._held as taken:
+            self.embedder = embedder
+            self.store = store
+            self.limits = limits or Limits()
+            self.data_dir = Path(data_dir)
+            self.metrics = ServiceMetrics()
+            self.feedback_log = FeedbackLog(self.data_dir / "feedback")
+            self.encoder = MicroBatcher(
+                self._encode,
+                max_queue=self.limits.max_queue,
+                max_batch_texts=self.limits.max_batch_texts,
+                observer=self.metrics.observe_batch,
+            )
+            self._prompt_tokenizer_factory = prompt_tokenizer
+            self._prompt_tokenizer: Any = None
+            self.lm = lm
+            self.chunk_tokens = chunk_tokens
+            self.max_prompt_tokens = max_prompt_tokens
+            self._create_lock = threading.Lock()
+            #: collections looked up before, so the event loop finds them without the store's lock (see _collection)
+            self._known: dict[str, Collection] = {}
+            #: striped locks serialising writes to one conversation / document (read-modify-write of its last item)
+            self._scope_locks = [threading.Lock() for _ in range(64)]
+            self.memory = self._system_collection(MEMORY_COLLECTION, "chat")
+            self.documents = self._system_collection(DOCUMENT_COLLECTION, "lrlm")
+            self._held = taken.pop_all()
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -858,56 +861,37 @@ def open_service(
     SmolLM2 tokenizer is used and ``generate`` is refused.
 
     ``backend="auto"`` (see :func:`serving_backend`) picks the encoder's fastest runtime for the device."""
-    data = Path(data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    held = hold_data_dir(data)  # before loading anything: a second server on the folder is refused at once
-    try:
-        return _open_service(data, held, model, store, backend, device, lm, limits, chunk_tokens, max_prompt_tokens,
-                             use_instructions)  # fmt: skip
-    except BaseException:
-        held.close()
-        raise
-
-
-def _open_service(
-    data: Path,
-    held: contextlib.ExitStack,
-    model: str | None,
-    store: str | None,
-    backend: str,
-    device: str | None,
-    lm: str | None,
-    limits: Limits | None,
-    chunk_tokens: int,
-    max_prompt_tokens: int,
-    use_instructions: bool | None,
-) -> RetrievalService:
     from llm_embedder.model.embedder import LLMEmbedder
     from llm_embedder.retrieval.store import open_store
 
-    backend = serving_backend(backend, device)
-    embedder = LLMEmbedder(model, device=device, backend=backend, use_instructions=use_instructions)  # type: ignore[arg-type]
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    # the folder first, before loading anything: a second server on it is refused at once; the lock is released if
+    # anything below fails, and handed to the service (pop_all) when it is built
+    with hold_data_dir(data) as held:
+        backend = serving_backend(backend, device)
+        embedder = LLMEmbedder(model, device=device, backend=backend, use_instructions=use_instructions)  # type: ignore[arg-type]
 
-    def prompt_tokenizer() -> Any:
-        from transformers import AutoTokenizer
+        def prompt_tokenizer() -> Any:
+            from transformers import AutoTokenizer
 
-        from llm_embedder.lm.loading import resolve_lm
+            from llm_embedder.lm.loading import resolve_lm
 
-        return AutoTokenizer.from_pretrained(resolve_lm(lm))
+            return AutoTokenizer.from_pretrained(resolve_lm(lm))
 
-    generator = None
-    if lm is not None:
-        from llm_embedder.serving.generation import Generator
+        generator = None
+        if lm is not None:
+            from llm_embedder.serving.generation import Generator
 
-        generator = Generator.load(lm)
-    return RetrievalService(
-        embedder,
-        open_store(store or str(data / "store")),
-        data,
-        limits=limits,
-        prompt_tokenizer=prompt_tokenizer,
-        lm=generator,
-        chunk_tokens=chunk_tokens,
-        max_prompt_tokens=max_prompt_tokens,
-        held=held,
-    )
+            generator = Generator.load(lm)
+        return RetrievalService(
+            embedder,
+            open_store(store or str(data / "store")),
+            data,
+            limits=limits,
+            prompt_tokenizer=prompt_tokenizer,
+            lm=generator,
+            chunk_tokens=chunk_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            held=held.pop_all(),
+        )
