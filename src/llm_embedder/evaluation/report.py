@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_embedder.errors import UserError
-from llm_embedder.evaluation.significance import SIGNIFICANCE
+from llm_embedder.evaluation.significance import SIGNIFICANCE, pairing_label
 from llm_embedder.utils.files import atomic_write, write_json
 
 
@@ -82,9 +82,8 @@ def render_paired(results: dict[str, Any], *, digits: int = 3) -> list[str]:
     if not paired:
         return []
     metric = results.get("paired_metric")
-    what = results.get("paired_on") or (  # results written before "paired_on" existed
-        f"main metric {metric}" if metric == results.get("main_metric") else f"{metric}, the main retrieval metric"
-    )
+    # results written before "paired_on" existed paired on the main or the main retrieval metric
+    what = results.get("paired_on") or pairing_label(metric, main=results.get("main_metric"))
     lines = [
         "",
         f"paired differences ({what}): retriever minus baseline on the queries with a value for both, "

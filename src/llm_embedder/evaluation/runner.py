@@ -25,7 +25,12 @@ from llm_embedder.evaluation.downstream.registry import get_downstream
 from llm_embedder.evaluation.metrics import mean_metrics, per_query_metrics, record_query_ids
 from llm_embedder.evaluation.retrieve import RetrievalOutcome, retrieve
 from llm_embedder.evaluation.retrievers import EvalRetriever, build_retriever, caching_loader
-from llm_embedder.evaluation.significance import DEFAULT_BASELINES, check_baselines, compare_to_baselines
+from llm_embedder.evaluation.significance import (
+    DEFAULT_BASELINES,
+    check_baselines,
+    compare_to_baselines,
+    pairing_label,
+)
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 from llm_embedder.tasks.spec import TaskSpec
 
@@ -274,15 +279,14 @@ def evaluate(
         (m for m in (main, *llm_values, spec.evaluation.main_metric, *spec.evaluation.metrics) if m in with_values),
         None,
     )
-    if paired_metric is None:
-        paired_on = None
-    elif paired_metric == main:
-        paired_on = f"main metric {paired_metric}"
-    elif paired_metric in llm_values:
-        lower = "; lower is better" if paired_metric in evaluator.lower_is_better else ""
-        paired_on = f"{paired_metric}, the LLM's metric per record{lower}"
-    else:
-        paired_on = f"{paired_metric}, the main retrieval metric"
+    paired_on = None
+    if paired_metric is not None:
+        paired_on = pairing_label(
+            paired_metric,
+            main=main,
+            llm_metric=paired_metric in llm_values,
+            lower_is_better=paired_metric in evaluator.lower_is_better,
+        )
     values = {name: per_query[name][paired_metric] for name in labels if paired_metric in per_query.get(name, {})}
     used_baselines = [b for b in (DEFAULT_BASELINES if baselines is None else baselines) if b in values]
     return {

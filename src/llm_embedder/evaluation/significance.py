@@ -108,6 +108,16 @@ def paired_difference(
     return PairedDifference(diff, float(interval.low), float(interval.high), float(test.pvalue), n)
 
 
+def pairing_label(metric: str, *, main: str | None, llm_metric: bool = False, lower_is_better: bool = False) -> str:
+    """What the pairs are on, for the line above them: the main metric, an LLM metric per record (log-perplexity
+    for a pooled perplexity), or the main retrieval metric."""
+    if metric == main:
+        return f"main metric {metric}"
+    if llm_metric:
+        return f"{metric}, the LLM's metric per record" + ("; lower is better" if lower_is_better else "")
+    return f"{metric}, the main retrieval metric"
+
+
 def check_baselines(baselines: Sequence[str], retrievers: Sequence[str]) -> None:
     """An unknown baseline name is a one-line error naming the retrievers of the run."""
     for name in baselines:

@@ -54,7 +54,8 @@ class Document:
     """One stored item: a passage, a memory turn, a text chunk, a demonstration, a tool description.
 
     ``text`` (and ``title``) are what BM25 reads; the vector stored with it was encoded from :meth:`key`, the
-    collection task's key, which is also what an augmented prompt shows. ``metadata`` is free JSON (scalars or lists of scalars per field).
+    collection task's key, which is also what an augmented prompt shows. ``metadata`` is free JSON (scalars or
+    lists of scalars per field).
     """
 
     id: str
