@@ -12,6 +12,7 @@ import yaml
 from llm_embedder.cli.main import main
 from llm_embedder.pipeline.config import load_config
 from llm_embedder.pipeline.runner import Pipeline
+from llm_embedder.pipeline.training import variant_flags
 
 
 def _recipe(tmp_path: Path, data_dir: Path, **extra) -> Path:
@@ -81,11 +82,14 @@ def test_demo_recipe_is_valid():
     assert {"full", "no_llm_reward", "no_instructions", "no_homogeneous", "kl_not_stabilized"} <= set(repro.variants)
     check = load_config(Path(__file__).resolve().parents[1] / "recipes" / "six-task.yaml")
     assert set(check.tasks) == set(repro.tasks) and check.tasks["icl"].teacher == "gemma3"
-    assert check.variants["full"] == {
+    assert check.variants["qa_instructed"] == {
         "anchor_weight": 4.0,
         "anchor_task_weights": {"tool": 0.0},
         "pool_instructions": False,
     }
+    assert check.variants["full"] == {**check.variants["qa_instructed"], "tasks_file": "tasks/qa-plain.yaml"}
+    plain = variant_flags(check, check.variants["full"], {}, Path("out"))["tasks_file"]
+    assert yaml.safe_load(Path(plain).read_text()) == {"qa": {"query_instruction": "", "key_instruction": ""}}
     assert check.variants["no_anchor"] == {"anchor_weight": 0.0}
 
 
@@ -110,6 +114,43 @@ def test_variant_task_subset(tmp_path, data_dir, monkeypatch, capsys):
     assert main(["pipeline", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "variants.x.tasks must be a non-empty list of the recipe's tasks" in err
+
+
+def test_a_variants_task_file_is_read_beside_the_recipe_and_its_content_retrains(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    """``tasks_file`` in a variant (recipes/six-task.yaml: qa without instructions) resolves against the recipe's
+    folder, as data paths do, not the working directory; editing the file retrains that variant; a missing file is
+    one line before any stage runs."""
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    plain = tasks_dir / "plain.yaml"
+    plain.write_text('qa:\n  query_instruction: ""\n  key_instruction: ""\n', encoding="utf-8")
+    variants = {"full": {"tasks_file": "tasks/plain.yaml"}, "paper": {}}
+    config = load_config(_recipe(tmp_path, data_dir, variants=variants))
+    monkeypatch.chdir(data_dir)  # anywhere but the recipe's folder
+    flags = variant_flags(config, config.variants["full"], {"tool": "t.jsonl"}, tmp_path / "out")
+    assert flags["tasks_file"] == str(plain)
+    assert "tasks_file" not in variant_flags(config, {}, {"tool": "t.jsonl"}, tmp_path / "out")
+    trained: list[str] = []
+
+    def fake_train(config, variant, overrides, data, out):
+        trained.append(variant)
+        return {"variant": variant, "model": str(out)}
+
+    monkeypatch.setattr("llm_embedder.pipeline.training.train_variant", fake_train)
+    Pipeline(config, log=lambda _: None).train()
+    assert trained == ["full", "paper"]
+    Pipeline(config, log=lambda _: None).train()
+    assert trained == ["full", "paper"], "nothing changed: nothing retrained"
+    plain.write_text('qa:\n  query_instruction: "Q: "\n  key_instruction: ""\n', encoding="utf-8")
+    Pipeline(config, log=lambda _: None).train()
+    assert trained == ["full", "paper", "full"], "the file's content changed: that variant only is retrained"
+
+    missing = _recipe(tmp_path, data_dir, variants={"full": {"tasks_file": "tasks/nope.yaml"}})
+    assert main(["pipeline", str(missing)]) == 2
+    err = _one_line_error(capsys)
+    assert "variants.full" in err and str(tasks_dir / "nope.yaml") in err
 
 
 def test_a_task_can_have_its_own_teacher(tmp_path, data_dir, monkeypatch):

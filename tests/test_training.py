@@ -355,3 +355,22 @@ def test_a_recipes_task_file_changes_that_run_only(workspace, tmp_path):
     assert "stabilized distillation" in describe_loss(
         build_task_loss(resolve_training_spec(TASKS.get("qa").training, task="qa"))
     )
+
+
+def test_a_task_trained_without_instructions_is_encoded_without_them(workspace, tmp_path):
+    """recipes/tasks/qa-plain.yaml: qa trains without the paper's instructions, and the saved model keeps it so -
+    its qa queries are encoded as the plain base reads them, the other tasks keep the paper's strings."""
+    from train_helpers import one_step_recipe
+
+    from llm_embedder import LLMEmbedder
+    from llm_embedder.training import train
+
+    _, model, files = workspace
+    plain = Path(__file__).resolve().parents[1] / "recipes" / "tasks" / "qa-plain.yaml"
+    out = tmp_path / "out"
+    train(one_step_recipe(model, {"qa": files["qa"]}, out, tasks_file=str(plain)))
+    trained = LLMEmbedder(str(out), device="cpu")
+    assert trained.instruction("qa", "query") == trained.instruction("qa", "key") == ""
+    assert trained.instruction("tool", "query") == TASKS.get("tool").query_instruction
+    assert TASKS.get("qa").query_instruction == "Represent this query for retrieving relevant documents: "
+    assert f"the built-in table changed by `{plain}`" in (out / "README.md").read_text()

@@ -7,6 +7,7 @@ training also resume from their own partial outputs, so a killed run restarted w
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,7 +118,7 @@ class Pipeline:
             data = {task: str(self.data_file(task, "train")) for task in tasks}
             fp = self.config.fingerprint(
                 self.config.train,
-                overrides,
+                _with_tasks_file_content(self.config, overrides),
                 self.config.encoder,
                 self.config.seed,
                 {t: _file_stamp(Path(p)) for t, p in data.items()},
@@ -219,6 +220,18 @@ def _has_positives(path: Path) -> bool:
     from llm_embedder.data.jsonl import iter_jsonl
 
     return any(obj.get("pos") for _, obj in iter_jsonl(path, allow_empty=True))
+
+
+def _with_tasks_file_content(config: PipelineConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A variant's overrides for its fingerprint, with its task file's content: editing the file retrains it."""
+    if not overrides.get("tasks_file"):
+        return overrides
+    path = config.resolve(overrides["tasks_file"])
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        digest = None  # the train stage says what is missing, in one line
+    return {**overrides, "tasks_file": [overrides["tasks_file"], digest]}
 
 
 def _file_stamp(path: Path) -> list[Any]:

@@ -2,9 +2,10 @@
 
 A variant is the recipe's ``train`` section plus a few overrides in the trainer's own flag names, e.g.
 ``{hard_labels: true}`` (w/o LLM reward), ``{use_instructions: false}`` (w/o instructions), ``{mixed_batches: true}``
-(w/o homogeneous in-batch negatives) or ``{distillation: kl}`` (KL instead of stabilized distillation). The
-pipeline takes one more key out before the trainer sees the rest: ``tasks``, the subset of tasks the variant trains
-on. w/o LLM reward needs it: chat, lrlm and icl have no dataset labels, only the LLM's rewards.
+(w/o homogeneous in-batch negatives), ``{distillation: kl}`` (KL instead of stabilized distillation) or
+``{tasks_file: tasks/qa-plain.yaml}`` (task definitions changed for this variant, resolved against the recipe's
+folder like the data paths). The pipeline takes one more key out before the trainer sees the rest: ``tasks``, the
+subset of tasks the variant trains on. w/o LLM reward needs it: chat, lrlm and icl have no dataset labels, only the LLM's rewards.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def variant_flags(config: PipelineConfig, overrides: dict[str, Any], data: dict[
         **{k: v for k, v in train.items() if v is not None},
     }
     flags.update(overrides)
+    if flags.get("tasks_file"):
+        # a variant's task definitions live beside the recipe (recipes/tasks/...), like its data paths
+        flags["tasks_file"] = str(config.resolve(flags["tasks_file"]))
     return flags
 
 
@@ -38,6 +42,7 @@ def check_variants(config: PipelineConfig, where: str) -> None:
     Without this a type error in ``train:`` or in a variant surfaces when the train stage starts, after build and
     score (an hour with ``recipes/reproduce.yaml``).
     """
+    from llm_embedder.tasks import TASKS
     from llm_embedder.training.config import TrainConfig
     from llm_embedder.utils.dataclass_build import check_field_types
 
@@ -52,6 +57,8 @@ def check_variants(config: PipelineConfig, where: str) -> None:
             check_field_types(section, source)
         try:
             train.validate()
+            if train.data.tasks_file:  # a missing or malformed task file, now rather than after scoring
+                TASKS.copy().load_file(train.data.tasks_file)
         except UserError as exc:  # the message says what; add which variant of which recipe
             raise UserError(f"{source}: {exc.line()}") from None
 

@@ -64,6 +64,8 @@ def render_model_card(summary: dict[str, Any]) -> str:
         switches.append(f"distillation forced to: {cfg['distillation']}")
     if cfg.get("loss_overrides"):
         switches.append(f"loss overrides: {cfg['loss_overrides']}")
+    if cfg.get("tasks_file"):
+        switches.append(f"task definitions: the built-in table changed by `{cfg['tasks_file']}` (saved with the model)")
     return f"""---
 library_name: sentence-transformers
 pipeline_tag: sentence-similarity
