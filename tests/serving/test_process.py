@@ -117,6 +117,10 @@ def test_acknowledged_writes_survive_kill_9_and_restart(tmp_path, make_service, 
             i += 1
 
     def augment_and_feed_back() -> None:
+        # an augment over fewer than two documents is logged but never exported (it teaches no ranking), so this
+        # thread starts once a few documents are acknowledged; before, an early augment made the test flaky
+        while len(acked_docs) < 8 and not stop.is_set():
+            time.sleep(0.01)
         while not stop.is_set():
             try:
                 result = http.post("/v1/augment", json={"query": "topic 3", "sources": [{"collection": "kb"}]})
