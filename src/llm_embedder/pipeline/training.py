@@ -5,7 +5,8 @@ A variant is the recipe's ``train`` section plus a few overrides in the trainer'
 (w/o homogeneous in-batch negatives), ``{distillation: kl}`` (KL instead of stabilized distillation) or
 ``{tasks_file: tasks/qa-plain.yaml}`` (task definitions changed for this variant, resolved against the recipe's
 folder like the data paths). The pipeline takes one more key out before the trainer sees the rest: ``tasks``, the
-subset of tasks the variant trains on. w/o LLM reward needs it: chat, lrlm and icl have no dataset labels, only the LLM's rewards.
+subset of tasks the variant trains on. w/o LLM reward needs it: chat, lrlm and icl have no dataset labels, only
+the LLM's rewards.
 """
 
 from __future__ import annotations
