@@ -18,6 +18,7 @@ from llm_embedder.lm.precision import default_device, resolve_dtype
 from llm_embedder.pipeline.build import build_task
 from llm_embedder.pipeline.config import PipelineConfig
 from llm_embedder.pipeline.stages import StageTracker
+from llm_embedder.pipeline.training import variant_tasks_file
 from llm_embedder.tasks.registry import TASKS
 from llm_embedder.utils.files import exclusive_lock, write_json
 from llm_embedder.utils.paths import check_name
@@ -224,9 +225,9 @@ def _has_positives(path: Path) -> bool:
 
 def _with_tasks_file_content(config: PipelineConfig, overrides: dict[str, Any]) -> dict[str, Any]:
     """A variant's overrides for its fingerprint, with its task file's content: editing the file retrains it."""
-    if not overrides.get("tasks_file"):
+    path = variant_tasks_file(config, overrides)
+    if path is None:
         return overrides
-    path = config.resolve(overrides["tasks_file"])
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:

@@ -31,10 +31,16 @@ def variant_flags(config: PipelineConfig, overrides: dict[str, Any], data: dict[
         **{k: v for k, v in train.items() if v is not None},
     }
     flags.update(overrides)
-    if flags.get("tasks_file"):
-        # a variant's task definitions live beside the recipe (recipes/tasks/...), like its data paths
-        flags["tasks_file"] = str(config.resolve(flags["tasks_file"]))
+    tasks_file = variant_tasks_file(config, overrides)
+    if tasks_file is not None:
+        flags["tasks_file"] = str(tasks_file)
     return flags
+
+
+def variant_tasks_file(config: PipelineConfig, overrides: dict[str, Any]) -> Path | None:
+    """The task file a variant names, resolved as its data paths are: against the recipe's folder
+    (``recipes/tasks/...``), not the working directory."""
+    return config.resolve(overrides["tasks_file"]) if overrides.get("tasks_file") else None
 
 
 def check_variants(config: PipelineConfig, where: str) -> None:
