@@ -6,9 +6,10 @@ a minimal asyncio HTTP/1.1 client, :class:`Connection`; the encoder runtime is `
 
 1. micro-batching vs one-request-one-encode: two servers on the same data, one started with ``--max-batch 64`` (the
    default: concurrent requests share encoder calls) and one with ``--max-batch 1`` (each request its own encoder
-   call and store search, what a plain "encode in the handler" server does); search at 64 clients, rounds
-   alternated A B A B A B. Besides requests/s and p99: the server's CPU time per request (from /proc, steadier than
-   wall time on a shared machine) and the requests per encoder call (from /metrics);
+   call and store search, what a plain "encode in the handler" server does); search at 64 clients, after one
+   unmeasured round at 64 clients on each server, rounds alternated A B A B ... (``--rounds`` of each). Besides
+   requests/s and p99: the server's CPU time per request (from /proc, steadier than wall time on a shared
+   machine) and the requests per encoder call (from /metrics);
 2. server overhead over calling the encoder in-process for the same texts (``LLMEmbedder.encode`` in this process,
    what a user would do without a server), three ways: (a) one short query, one client, ``POST /v1/embeddings`` vs
    ``encode_queries([text])``, median, blocks alternated; (b) a realistic batch, 32 passages per
@@ -302,6 +303,7 @@ def main() -> None:
         "--backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8"], help="encoder runtime (both sides)"
     )
     parser.add_argument("--requests", type=int, default=640, help="requests per load point")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds of each server, alternated")
     parser.add_argument(
         "--index",
         default="flat",
@@ -341,18 +343,24 @@ def main() -> None:
                     {"query": queries[(client * 31 + i) % len(queries)], "top_k": 10},
                 )
 
-            for server in (batched, single):  # warm-up: faiss cache of the collection, ONNX session
+            # warm-up, not measured: faiss cache of the collection, ONNX session, and one full round at 64 clients
+            # (the first round of batches of ~32 queries ran at half speed with a 400 ms p99 in every earlier run:
+            # ONNX Runtime plans and allocates per new input shape; the one-query server has one shape)
+            for server in (batched, single):
                 run_load(server.url, 4, 16, search)
+                run_load(server.url, 64, args.requests, search)
 
             # 1. micro-batching vs one-request-one-encode at 64 clients, alternated
             rounds: dict[str, list[dict[str, Any]]] = {"batched": [], "single": []}
-            for _ in range(3):
+            for _ in range(args.rounds):
                 rounds["batched"].append(measured_load(batched, 64, args.requests, search))
                 rounds["single"].append(measured_load(single, 64, args.requests, search))
             results["micro_batching"] = rounds
             mean = {side: {key: float(np.mean([r[key] for r in runs])) for key in runs[0] if key != "errors"}
                     for side, runs in rounds.items()}  # fmt: skip
             b, s = mean["batched"], mean["single"]
+            print(f"rounds (req/s): batched {[round(r['rps']) for r in rounds['batched']]}, single "
+                  f"{[round(r['rps']) for r in rounds['single']]}", flush=True)  # fmt: skip
             print(f"micro-batching at 64 clients: {b['rps']:.1f} vs {s['rps']:.1f} req/s = {b['rps'] / s['rps']:.2f}x; "
                   f"p99 {b['p99']:.0f} vs {s['p99']:.0f} ms; server CPU {b['server_cpu_ms_per_request']:.2f} vs "
                   f"{s['server_cpu_ms_per_request']:.2f} ms/request = "

@@ -87,9 +87,18 @@ def test_demo_recipe_is_valid():
         "anchor_task_weights": {"tool": 0.0},
         "pool_instructions": False,
     }
-    assert check.variants["full"] == {**check.variants["qa_instructed"], "tasks_file": "tasks/qa-plain.yaml"}
-    plain = variant_flags(check, check.variants["full"], {}, Path("out"))["tasks_file"]
+    assert check.variants["tool_tau_reference"] == {
+        **check.variants["qa_instructed"],
+        "tasks_file": "tasks/qa-plain.yaml",
+    }
+    assert check.variants["full"] == {**check.variants["qa_instructed"], "tasks_file": "tasks/six-task.yaml"}
+    plain = variant_flags(check, check.variants["tool_tau_reference"], {}, Path("out"))["tasks_file"]
     assert yaml.safe_load(Path(plain).read_text()) == {"qa": {"query_instruction": "", "key_instruction": ""}}
+    recipe = variant_flags(check, check.variants["full"], {}, Path("out"))["tasks_file"]
+    assert yaml.safe_load(Path(recipe).read_text()) == {
+        "qa": {"query_instruction": "", "key_instruction": ""},
+        "tool": {"training": {"temperature": 0.05}},
+    }
     assert check.variants["no_anchor"] == {"anchor_weight": 0.0}
 
 

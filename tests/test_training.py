@@ -357,6 +357,32 @@ def test_a_recipes_task_file_changes_that_run_only(workspace, tmp_path):
     )
 
 
+def test_a_task_file_can_give_one_task_its_own_temperature(workspace, tmp_path):
+    """``training.temperature`` in a task file: that task's loss uses it, every other task keeps the run's tau.
+    (recipes/tasks/six-task.yaml trains tool at 0.05 and the other tasks at the reference's 0.01.)"""
+    from train_helpers import one_step_recipe
+
+    from llm_embedder.training import train
+
+    tool = dataclasses.replace(TASKS.get("tool").training, temperature=0.05)
+    assert describe_loss(build_task_loss(tool, temperature=0.01)) == "InfoNCE over all in-batch keys (tau=0.05)"
+    assert describe_loss(build_task_loss(TASKS.get("tool").training, temperature=0.01)).endswith("(tau=0.01)")
+    assert TASKS.get("tool").training.temperature is None  # the reference: one tau for every task
+
+    _, model, files = workspace
+    tasks_file = tmp_path / "tasks.yaml"
+    tasks_file.write_text("tool:\n  training:\n    temperature: 0.05\n")
+    out = tmp_path / "out"
+    train(one_step_recipe(model, {"qa": files["qa"], "tool": files["tool"]}, out, tasks_file=str(tasks_file)))
+    losses = {d["name"]: d["loss"] for d in json.loads((out / "training_summary.json").read_text())["datasets"]}
+    assert losses["tool"] == "InfoNCE over all in-batch keys (tau=0.05)"
+    assert losses["qa"].endswith("tau=0.01)")
+    for bad in ("0", "-0.05", ".nan", ".inf", "true", "x"):
+        tasks_file.write_text(f"tool:\n  training:\n    temperature: {bad}\n")
+        with pytest.raises(UserError, match="temperature"):
+            train(one_step_recipe(model, {"tool": files["tool"]}, tmp_path / "bad", tasks_file=str(tasks_file)))
+
+
 def test_a_task_trained_without_instructions_is_encoded_without_them(workspace, tmp_path):
     """recipes/tasks/qa-plain.yaml: qa trains without the paper's instructions, and the saved model keeps it so -
     its qa queries are encoded as the plain base reads them, the other tasks keep the paper's strings."""

@@ -96,6 +96,10 @@ class TrainingSpec:
     #: keep at most this many records of a training file - its LAST ones, after the margin filter (the reference:
     #: 10,000 for lrlm); ``None`` keeps all
     max_sample_num: int | None = None
+    #: the student temperature tau of this task's losses; ``None`` uses the run's ``--temperature`` (the reference:
+    #: 0.01 for every task). A contrastive task can want a softer one than the distillation tasks
+    #: (docs/results.md, "Training check": tool at 0.05)
+    temperature: float | None = None
 
     @property
     def needs_teacher_scores(self) -> bool:
@@ -197,6 +201,14 @@ class TaskSpec:
             raise UserError(
                 f"{source}: task '{self.name}' field 'training.max_sample_num' is {max_samples!r}",
                 hint="give a positive whole number, or null to keep every record",
+            )
+        tau = self.training.temperature
+        if tau is not None and (
+            isinstance(tau, bool) or not isinstance(tau, int | float) or not 0 < tau < float("inf")
+        ):
+            raise UserError(
+                f"{source}: task '{self.name}' field 'training.temperature' is {tau!r}",
+                hint="give a positive number (0.01 is the reference's), or null to use the run's --temperature",
             )
         if self.reward.kind == "template" and not self.reward.template:
             raise UserError(f"{source}: task '{self.name}' has reward kind 'template' but no reward.template")

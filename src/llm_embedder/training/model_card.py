@@ -120,7 +120,7 @@ task table (convsearch: the conversation ends with the question) keep the END of
 - precision: {cfg["dtype"]}; gradient cache chunk: {cfg["grad_cache_chunk"] or "off"};
   max length query {cfg["query_max_length"]} / key {cfg["key_max_length"]}{key_budgets} tokens in training (the saved model encodes with
   {"the same budgets" if cfg.get("inference_max_length") == "training" else "the base encoder's own max length"});
-  student temperature {cfg["temperature"]:g}
+  student temperature {cfg["temperature"]:g} (a task whose `training.temperature` differs has it in its loss above)
 - {"; ".join(switches)}
 
 ## Results of the run

@@ -81,7 +81,10 @@ def build_task_loss(spec: TrainingSpec, *, temperature: float = 0.01, override: 
 
     ``contrastive`` -> InfoNCE; a distillation loss -> ``distill_weight * distill`` plus
     ``contrastive_weight * InfoNCE`` when that weight is > 0. ``override`` (a class or a callable) replaces it.
+    ``temperature`` is the run's; the task's own ``training.temperature``, when set, takes its place.
     """
+    if spec.temperature is not None:
+        temperature = float(spec.temperature)
     if override is not None and not isinstance(override, str):
         if isinstance(override, type) and issubclass(override, GroupLoss):
             return override(temperature=temperature)
