@@ -344,8 +344,8 @@ def main() -> None:
                 )
 
             # warm-up, not measured: faiss cache of the collection, ONNX session, and one full round at 64 clients
-            # (the first round of batches of ~32 queries ran at half speed with a 400 ms p99 in every earlier run:
-            # ONNX Runtime plans and allocates per new input shape; the one-query server has one shape)
+            # (the first round of batches of ~32 queries ran at half speed with a 400 ms p99 in every earlier run,
+            # most likely ONNX Runtime planning and allocating for new input shapes; the one-query server has one)
             for server in (batched, single):
                 run_load(server.url, 4, 16, search)
                 run_load(server.url, 64, args.requests, search)
