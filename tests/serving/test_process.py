@@ -193,3 +193,16 @@ def test_loopback_addresses(host):
 
     assert is_loopback(host)
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.com")
+
+
+def test_the_serve_extra_gives_uvicorn_its_c_parser_and_event_loop():
+    """`serve` leaves uvicorn's choice on "auto", which takes httptools and uvloop when they are installed: 0.3 ms less
+    per request than h11 + asyncio (benchmarks/README.md, serve). This fails when the serve extra or the lock drops
+    them, which would not break anything else."""
+    import uvicorn
+    from uvicorn.loops.auto import auto_loop_factory
+
+    config = uvicorn.Config(app=lambda scope, receive, send: None, http="auto", loop="auto")
+    config.load()
+    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
+    assert auto_loop_factory(use_subprocess=False).__module__.startswith("uvloop")
