@@ -195,6 +195,7 @@ def test_loopback_addresses(host):
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.com")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop does not support Windows (the extra skips it there)")
 def test_the_serve_extra_gives_uvicorn_its_c_parser_and_event_loop():
     """`serve` leaves uvicorn's choice on "auto", which takes httptools and uvloop when they are installed: 0.3 ms less
     per request than h11 + asyncio (benchmarks/README.md, serve). This fails when the serve extra or the lock drops
