@@ -125,12 +125,10 @@ def test_variant_task_subset(tmp_path, data_dir, monkeypatch, capsys):
     assert err.count("\n") == 0 and "variants.x.tasks must be a non-empty list of the recipe's tasks" in err
 
 
-def test_a_variants_task_file_is_read_beside_the_recipe_and_its_content_retrains(
-    tmp_path, data_dir, monkeypatch, capsys
-):
+def test_a_variants_task_file_is_read_beside_the_recipe_and_its_table_retrains(tmp_path, data_dir, monkeypatch, capsys):
     """``tasks_file`` in a variant (recipes/six-task.yaml: qa without instructions) resolves against the recipe's
-    folder, as data paths do, not the working directory; editing the file retrains that variant; a missing file is
-    one line before any stage runs."""
+    folder, as data paths do, not the working directory; a change of the table a variant trains with (its file or
+    the built-in table) retrains it, a comment does not; a missing file is one line before any stage runs."""
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     plain = tasks_dir / "plain.yaml"
@@ -155,6 +153,18 @@ def test_a_variants_task_file_is_read_beside_the_recipe_and_its_content_retrains
     plain.write_text('qa:\n  query_instruction: "Q: "\n  key_instruction: ""\n', encoding="utf-8")
     Pipeline(config, log=lambda _: None).train()
     assert trained == ["full", "paper", "full"], "the file's content changed: that variant only is retrained"
+    plain.write_text('# a comment\nqa:\n  query_instruction: "Q: "   # another\n  key_instruction: ""\n', "utf-8")
+    Pipeline(config, log=lambda _: None).train()
+    assert trained == ["full", "paper", "full"], "the same table in other words: nothing retrained"
+    from llm_embedder.tasks.registry import TASKS
+
+    spec = TASKS.get("tool")
+    TASKS.update_from_mapping({"tool": {"query_max_tokens": 7}}, source="test")
+    try:
+        Pipeline(config, log=lambda _: None).train()
+    finally:
+        TASKS.register(spec, overwrite=True)
+    assert trained[3:] == ["full", "paper"], "a new default in the table every variant reads: both retrain"
 
     missing = _recipe(tmp_path, data_dir, variants={"full": {"tasks_file": "tasks/nope.yaml"}})
     assert main(["pipeline", str(missing)]) == 2

@@ -242,6 +242,22 @@ def test_tool_search_uses_the_left_truncated_conversation(service, serve_embedde
     assert len(cut) < len(joined)
 
 
+def test_a_task_query_budget_cuts_the_conversational_query(service, serve_embedder):
+    """convsearch with ``query_max_tokens``: the service's conversation + question keeps as many tokens as
+    ``encode`` would, so what is logged for feedback is what was searched with."""
+    service.add_turns("c3", [{"role": "user", "content": "blah " * 60}, {"role": "assistant", "content": "ok " * 60}])
+    tokenizer = serve_embedder.model.tokenizer
+    spec = serve_embedder.task("convsearch")
+    serve_embedder.tasks.update_from_mapping({"convsearch": {"query_max_tokens": 12}}, source="test")
+    try:
+        cut = service.conversational_query("convsearch", "What is its price?", "c3")
+    finally:
+        serve_embedder.tasks.register(spec, overwrite=True)
+    assert serve_embedder.task("convsearch").query_max_tokens == 48, "the built-in value is back"
+    assert cut.endswith("What is its price?")
+    assert len(tokenizer(cut, add_special_tokens=False)["input_ids"]) == 12
+
+
 def test_augment_builds_the_prompt_and_feedback_exports_records(service, tmp_path):
     service.create_collection("kb", "qa")
     service.upsert("kb", PASSAGES)

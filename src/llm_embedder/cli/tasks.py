@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{spec.name}: {spec.description}")
         print(f"  query instruction: {spec.query_instruction!r}")
         print(f"  key instruction:   {spec.key_instruction!r}")
+        if spec.query_max_tokens is not None or spec.query_truncation == "left":
+            budget = f"{spec.query_max_tokens} tokens of text" if spec.query_max_tokens else "the model's budget"
+            print(f"  query cut to {budget}, its {'end' if spec.query_truncation == 'left' else 'start'} kept")
         reward = spec.reward.kind if spec.reward.kind != "template" else repr(spec.reward.template)
         print(f"  reward: {reward}   loss: {spec.training.loss}   metric: {spec.evaluation.main_metric}")
     return 0

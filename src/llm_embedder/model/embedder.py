@@ -19,7 +19,7 @@ import torch
 
 from llm_embedder.errors import UserError
 from llm_embedder.model.loading import resolve_model_path
-from llm_embedder.model.truncation import clip_chars, keep_tail, text_budget
+from llm_embedder.model.truncation import clip_chars, input_overhead, keep_tail, text_budget
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 from llm_embedder.tasks.spec import TaskSpec
 from llm_embedder.utils.files import write_json
@@ -146,6 +146,8 @@ class LLMEmbedder:
             self.trained_with_instructions(saved) if use_instructions is None else use_instructions
         )
         self.backend = backend
+        #: tokens each instruction spends before the text (``query_max_tokens`` budgets), tokenised once
+        self._overheads: dict[str, int] = {}
         self._fast: Any = None
         self._pool: Any = None
         if backend != "torch":
@@ -250,8 +252,18 @@ class LLMEmbedder:
             return spec.key_instruction
         raise UserError(f"unknown side {side!r}", hint="choose query or key")
 
-    def max_length(self, side: Side) -> int:
-        return self.query_max_length if side == "query" else self.key_max_length
+    def max_length(self, side: Side, task: str | None = None) -> int:
+        """The token budget of ``side``; for the queries of a ``task`` with ``query_max_tokens``, at most that many
+        tokens of text plus what its instruction and the special tokens take."""
+        if side != "query":
+            return self.key_max_length
+        tokens = self.task(task).query_max_tokens if task is not None else None
+        if tokens is None:
+            return self.query_max_length
+        prefix = self.instruction(task, side)
+        if prefix not in self._overheads:
+            self._overheads[prefix] = input_overhead(self.model.tokenizer, prefix)
+        return min(self.query_max_length, tokens + self._overheads[prefix])
 
     def fit_texts(self, texts: list[str], task: str, side: Side, max_length: int | None = None) -> list[str]:
         """``texts`` cut the way ``task`` wants for ``max_length`` tokens (default: the side's budget).
@@ -263,7 +275,7 @@ class LLMEmbedder:
         if side != "query" or self.task(task).query_truncation != "left":
             return texts
         tokenizer = self.model.tokenizer
-        budget = text_budget(tokenizer, max_length or self.max_length(side), self.instruction(task, side))
+        budget = text_budget(tokenizer, max_length or self.max_length(side, task), self.instruction(task, side))
         return keep_tail(texts, tokenizer, budget)
 
     # ------------------------------------------------------------------ encoding
@@ -291,7 +303,7 @@ class LLMEmbedder:
             if not isinstance(text, str):
                 raise UserError(f"input {i} is a {type(text).__name__}, expected a string")
         prefix = self.instruction(task, side)
-        length = self.check_length(max_length) if max_length is not None else self.max_length(side)
+        length = self.check_length(max_length) if max_length is not None else self.max_length(side, task)
         batch = _check_batch_size(batch_size) if batch_size is not None else self.batch_size
         if show_progress_bar is None:
             from llm_embedder.utils.progress import redraws_freely

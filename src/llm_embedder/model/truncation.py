@@ -16,12 +16,17 @@ from typing import Any
 from llm_embedder.errors import UserError
 
 
-def text_budget(tokenizer: Any, max_length: int, prompt: str | None) -> int:
-    """Tokens left for the text in an input of ``max_length`` tokens after the special tokens and ``prompt``."""
+def input_overhead(tokenizer: Any, prompt: str | None) -> int:
+    """Tokens an input spends before its text: the special tokens and ``prompt``."""
     used = tokenizer.num_special_tokens_to_add(pair=False)
     if prompt:
         used += len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    return max(0, max_length - used)
+    return int(used)
+
+
+def text_budget(tokenizer: Any, max_length: int, prompt: str | None) -> int:
+    """Tokens left for the text in an input of ``max_length`` tokens after the special tokens and ``prompt``."""
+    return max(0, max_length - input_overhead(tokenizer, prompt))
 
 
 def keep_tail(texts: Sequence[str], tokenizer: Any, budget: int) -> list[str]:

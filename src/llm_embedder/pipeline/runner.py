@@ -7,7 +7,6 @@ training also resume from their own partial outputs, so a killed run restarted w
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,7 +118,7 @@ class Pipeline:
             data = {task: str(self.data_file(task, "train")) for task in tasks}
             fp = self.config.fingerprint(
                 self.config.train,
-                _with_tasks_file_content(self.config, overrides),
+                _with_task_table(self.config, overrides),
                 self.config.encoder,
                 self.config.seed,
                 {t: _file_stamp(Path(p)) for t, p in data.items()},
@@ -156,6 +155,7 @@ class Pipeline:
             fp = self.config.fingerprint(
                 cfg,
                 retrievers,
+                TASKS.to_dict(),
                 _file_stamp(dev),
                 self.config.lm,
                 [_file_stamp(Path(p) / "model.safetensors") for p in models.values()],
@@ -223,16 +223,18 @@ def _has_positives(path: Path) -> bool:
     return any(obj.get("pos") for _, obj in iter_jsonl(path, allow_empty=True))
 
 
-def _with_tasks_file_content(config: PipelineConfig, overrides: dict[str, Any]) -> dict[str, Any]:
-    """A variant's overrides for its fingerprint, with its task file's content: editing the file retrains it."""
+def _with_task_table(config: PipelineConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A variant's overrides for its fingerprint, with the task table it trains with, parsed: the live table (the
+    built-in one and the recipe's registrations) merged with the variant's task file. A change of either retrains
+    the variant (a new built-in default included); an edited comment does not."""
+    table = TASKS.copy()
     path = variant_tasks_file(config, overrides)
-    if path is None:
-        return overrides
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        digest = None  # the train stage says what is missing, in one line
-    return {**overrides, "tasks_file": [overrides["tasks_file"], digest]}
+    if path is not None:
+        try:
+            table.load_file(path)
+        except (OSError, UserError):
+            return {**overrides, "task_table": None}  # the train stage says what is wrong, in one line
+    return {**overrides, "task_table": table.to_dict()}
 
 
 def _file_stamp(path: Path) -> list[Any]:

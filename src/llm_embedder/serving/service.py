@@ -600,7 +600,9 @@ class RetrievalService:
         texts = self.recent_turns(conversation, self.limits.recent_pairs) if conversation else []
         joined = " ".join([*texts, query])
         tokenizer = self.embedder.model.tokenizer
-        budget = text_budget(tokenizer, self.embedder.max_length("query"), self.embedder.instruction(task, "query"))
+        budget = text_budget(
+            tokenizer, self.embedder.max_length("query", task), self.embedder.instruction(task, "query")
+        )
         return keep_tail([joined], tokenizer, budget)[0]
 
     def augment(

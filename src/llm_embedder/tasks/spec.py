@@ -134,6 +134,11 @@ class TaskSpec:
     #: which end of a too-long query is cut: ``right`` (the usual) or ``left`` - keep the END, for queries whose
     #: last part matters most (a conversation that ends with the question being searched for)
     query_truncation: TruncationSide = "right"
+    #: at most this many tokens of query TEXT (the instruction and the special tokens come on top, within the
+    #: model's query budget); the cut follows ``query_truncation``. ``None``: the whole query budget (the
+    #: reference). For conversational search the end of a long conversation is what finds the passage, and the
+    #: turns before it drown it (docs/results.md, "Training check")
+    query_max_tokens: int | None = None
     reward: RewardSpec = field(default_factory=RewardSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
@@ -201,6 +206,12 @@ class TaskSpec:
             raise UserError(
                 f"{source}: task '{self.name}' field 'training.max_sample_num' is {max_samples!r}",
                 hint="give a positive whole number, or null to keep every record",
+            )
+        tokens = self.query_max_tokens
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+            raise UserError(
+                f"{source}: task '{self.name}' field 'query_max_tokens' is {tokens!r}",
+                hint="give a positive whole number of tokens, or null for the model's whole query budget",
             )
         tau = self.training.temperature
         if tau is not None and (

@@ -66,6 +66,8 @@ class GroupCollator:
     query_max_length / key_max_length: token budgets per side.
     task_key_max_length: per-task key budgets overriding ``key_max_length`` (``{"tool": 256}``); a mixed batch is
         tokenised to the longest budget among its tasks, each key already cut to its own.
+    task_query_max_length: the same for queries (the budgets of tasks with ``query_max_tokens``, as
+        ``LLMEmbedder.max_length`` gives them, so training cuts a query exactly where retrieval does).
     fit_texts: the per-task truncation of ``LLMEmbedder.fit_texts`` (queries that keep their end), so a
         training input is cut exactly as the same text is at retrieval time; ``None``: the tokenizer's cut only.
     tail_tasks: tasks whose queries keep their end (``query_truncation: left``): their over-long queries lose
@@ -86,6 +88,7 @@ class GroupCollator:
         query_max_length: int,
         key_max_length: int,
         task_key_max_length: Mapping[str, int] | None = None,
+        task_query_max_length: Mapping[str, int] | None = None,
         fit_texts: FitTexts | None = None,
         tail_tasks: Collection[str] = (),
         anchor: bool = False,
@@ -99,11 +102,12 @@ class GroupCollator:
         self.query_max_length = query_max_length
         self.key_max_length = key_max_length
         self.task_key_max_length = dict(task_key_max_length or {})
+        self.task_query_max_length = dict(task_query_max_length or {})
 
     def budget(self, task: str, side: str) -> int:
         """The token budget of one task's texts on one side."""
         if side == "query":
-            return self.query_max_length
+            return self.task_query_max_length.get(task, self.query_max_length)
         return self.task_key_max_length.get(task, self.key_max_length)
 
     def _fit(self, texts: list[str], tasks: list[str], side: str) -> list[str]:

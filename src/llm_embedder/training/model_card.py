@@ -101,9 +101,10 @@ model = SentenceTransformer("path/to/this/folder")
 q = model.encode(["..."], prompt_name="{first_task}_query", normalize_embeddings=True)
 ```
 
-Plain sentence-transformers cuts every long input from the right. Tasks with `query_truncation: left` in the
-task table (convsearch: the conversation ends with the question) keep the END of a long query only through
-`LLMEmbedder`, so pass such queries through `LLMEmbedder` or shorten them yourself.
+Plain sentence-transformers cuts every long input from the right, at the model's length. Tasks with
+`query_truncation: left` or `query_max_tokens` in the task table (the built-in convsearch: the last 48 tokens of
+a conversation that ends with the question) get their queries cut that way only through `LLMEmbedder`, so pass
+such queries through `LLMEmbedder` or shorten them yourself.
 
 ## Training data
 
