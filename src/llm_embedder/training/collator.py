@@ -66,8 +66,8 @@ class GroupCollator:
     query_max_length / key_max_length: token budgets per side.
     task_key_max_length: per-task key budgets overriding ``key_max_length`` (``{"tool": 256}``); a mixed batch is
         tokenised to the longest budget among its tasks, each key already cut to its own.
-    task_query_max_length: the same for queries (the budgets of tasks with ``query_max_tokens``, as
-        ``LLMEmbedder.max_length`` gives them, so training cuts a query exactly where retrieval does).
+    task_query_max_length: the same for queries (the trainer passes each task's ``LLMEmbedder.max_length``, which
+        a task's ``query_max_tokens`` lowers, so training cuts a query exactly where retrieval does).
     fit_texts: the per-task truncation of ``LLMEmbedder.fit_texts`` (queries that keep their end), so a
         training input is cut exactly as the same text is at retrieval time; ``None``: the tokenizer's cut only.
     tail_tasks: tasks whose queries keep their end (``query_truncation: left``): their over-long queries lose

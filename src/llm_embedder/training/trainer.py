@@ -392,11 +392,7 @@ def train(
         query_max_length=config.model.query_max_length,
         key_max_length=config.model.key_max_length,
         task_key_max_length=task_key_max_length,
-        task_query_max_length={
-            name: embedder.max_length("query", name)
-            for name in loss.task_names
-            if registry.get(name).query_max_tokens is not None
-        },
+        task_query_max_length={name: embedder.max_length("query", name) for name in loss.task_names},
         fit_texts=embedder.fit_texts,
         tail_tasks=[name for name in loss.task_names if registry.get(name).query_truncation == "left"],
         anchor=isinstance(loss, AnchoredLoss),
