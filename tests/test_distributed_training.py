@@ -15,18 +15,24 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from net_helpers import free_port
+from safetensors.torch import load_file
 from train_helpers import build_tiny_model, make_records, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _three_tasks(folder: Path, *, qa: int, chat: int, tool: int) -> dict[str, str]:
+    """Training files of three tasks with the three record shapes: scored, chat history, labelled only."""
+    return {
+        "qa": write_jsonl(folder / "qa.jsonl", make_records(qa, seed=1)),
+        "chat": write_jsonl(folder / "chat.jsonl", make_records(chat, seed=2, history=True)),
+        "tool": write_jsonl(folder / "tool.jsonl", make_records(tool, seed=3, scored=False)),
+    }
+
+
 def test_two_process_training_takes_each_step_from_one_dataset(tmp_path):
     model = build_tiny_model(tmp_path / "tiny")
-    files = {
-        "qa": write_jsonl(tmp_path / "qa.jsonl", make_records(24, seed=1)),
-        "chat": write_jsonl(tmp_path / "chat.jsonl", make_records(16, seed=2, history=True)),
-        "tool": write_jsonl(tmp_path / "tool.jsonl", make_records(16, seed=3, scored=False)),
-    }
+    files = _three_tasks(tmp_path, qa=24, chat=16, tool=16)
     out = tmp_path / "out"
     command = [
         sys.executable,
@@ -82,6 +88,75 @@ def test_two_process_training_takes_each_step_from_one_dataset(tmp_path):
         used.add(ranks[0]["dataset"])
     assert len(used) >= 2  # the steps really came from several datasets
     assert (out / "model.safetensors").is_file() and (out / "llm_embedder.json").is_file()
+
+
+_STOPPING_RUN = """
+import json, sys
+from transformers import TrainerCallback
+from llm_embedder.training import train
+
+
+class StopAfter(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(sys.argv[2]):
+            raise SystemExit(3)  # every rank, at the same step: a killed job
+
+
+train(json.loads(open(sys.argv[1]).read()), callbacks=[StopAfter()])
+"""
+
+
+def test_two_processes_resumed_inside_a_later_epoch_continue_its_order(tmp_path):
+    """Resumed inside epoch 1 under two processes, accelerate wraps the sampler twice (shard, then skip the finished
+    batches) and the Trainer's own ``set_epoch`` no longer reaches it: without the trainer's epoch callback the rest
+    of the run replayed epoch 0's order (measured: other ids from step 7 on, other weights). The resumed run must
+    take the uninterrupted run's batches and end with its weights, bit for bit."""
+    model = build_tiny_model(tmp_path / "tiny")
+    files = _three_tasks(tmp_path, qa=8, chat=4, tool=4)
+    script = tmp_path / "run.py"
+    script.write_text(_STOPPING_RUN)
+
+    def run(out: Path, stop_after: int, **extra) -> subprocess.CompletedProcess:
+        # 16 records, 2 processes x 2 queries: 4 steps an epoch; checkpoint 6 is inside epoch 1
+        config = {
+            "model": model,
+            "data": [{"name": name, "path": str(path)} for name, path in files.items()],
+            "steps": 10,
+            "batch_size": 2,
+            "group_size": 3,
+            "lr": 1e-3,
+            "query_max_length": 48,
+            "key_max_length": 48,
+            "save_steps": 2,
+            "log_batches": True,
+            "output": str(out),
+            **extra,
+        }
+        config_file = tmp_path / f"{out.name}-{stop_after}.json"
+        config_file.write_text(json.dumps(config))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        command = [*launch, "--master_port", str(free_port()), str(script), str(config_file), str(stop_after)]
+        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    reference, out = tmp_path / "reference", tmp_path / "resumed"
+    assert run(reference, 0).returncode == 0
+    assert run(out, 7).returncode != 0
+    assert (out / "checkpoints" / "checkpoint-6").is_dir() and not (out / "model.safetensors").exists()
+    result = run(out, 0, resume=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    for rank in (0, 1):
+        expected = {
+            json.loads(line)["step"]: json.loads(line)["ids"]
+            for line in (reference / f"batches-rank{rank}.jsonl").open()
+        }
+        logged = [json.loads(line) for line in (out / f"batches-rank{rank}.jsonl").open()]
+        assert [entry["step"] for entry in logged] == [1, 2, 3, 4, 5, 6, 7, 7, 8, 9, 10]  # step 7 was never saved
+        assert [entry["step"] for entry in logged if entry["ids"] != expected[entry["step"]]] == []
+    expected_weights = load_file(reference / "model.safetensors")
+    resumed_weights = load_file(out / "model.safetensors")
+    assert [name for name in expected_weights if not torch.equal(expected_weights[name], resumed_weights[name])] == []
 
 
 # ------------------------------------------------------------------------------------ losses across processes

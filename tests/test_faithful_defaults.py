@@ -164,6 +164,22 @@ def test_icl_picks_the_lowest_mean_nll_option_by_default(llm_tokenizer, monkeypa
     assert scores.per_record == {"accuracy": [0.0]} and set(scores.per_record) == ICLEvaluator.per_record_metrics
 
 
+def test_a_users_task_gets_the_reference_defaults_for_what_it_leaves_out():
+    """The built-in table spells its choices out, so the dataclass defaults are only read by a user's own task:
+    a task file with no ``option_score``, ``positive``, ``negatives``, ``positive_rank`` or ``temperature`` must
+    still get the reference's mean-NLL option rule, first positive, random negatives, reference rank and the run's
+    temperature (a changed default would otherwise fail no test)."""
+    spec = TaskSpec.from_dict(
+        "mine",
+        {"query_instruction": "q: ", "key_instruction": "k: ", "training": {"loss": "stabilized_distillation"}},
+        source="tasks.yaml",
+    )
+    assert spec.evaluation.option_score == "mean"
+    training = spec.training
+    assert (training.positive, training.negatives, training.positive_rank) == ("first", "random", "reference")
+    assert training.temperature is None and training.max_sample_num is None
+
+
 # ------------------------------------------------------------------------------------------------ max_sample_num
 def test_max_sample_num_keeps_the_last_records(tmp_path):
     tasks = builtin_registry()

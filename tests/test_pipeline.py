@@ -125,6 +125,33 @@ def test_variant_task_subset(tmp_path, data_dir, monkeypatch, capsys):
     assert err.count("\n") == 0 and "variants.x.tasks must be a non-empty list of the recipe's tasks" in err
 
 
+def test_variants_option_trains_only_the_named_variants(tmp_path, data_dir, monkeypatch, capsys):
+    """``pipeline --variants full`` trains (and evaluates) the recipe's model alone, not its ablations; a name the
+    recipe lacks is one line that lists the recipe's variants, before any stage runs."""
+    # yaml.safe_dump sorts the keys: the recipe's order is ablation, full, other
+    recipe = _recipe(tmp_path, data_dir, variants={"full": {}, "ablation": {"anchor_weight": 1.0}, "other": {}})
+    trained: list[str] = []
+
+    def fake_train(config, variant, overrides, data, out):
+        trained.append(variant)
+        return {"variant": variant, "model": str(out)}
+
+    monkeypatch.setattr("llm_embedder.pipeline.training.train_variant", fake_train)
+    assert main(["pipeline", str(recipe), "--stages", "build,train", "--variants", "other, full"]) == 0
+    assert trained == ["full", "other"], "the recipe's order, the ablation left out"
+    trained.clear()
+    assert main(["pipeline", str(recipe), "--stages", "train"]) == 0
+    assert trained == ["ablation"], "the others are kept: the same inputs"
+    capsys.readouterr()
+    assert main(["pipeline", str(recipe), "--variants", "full,nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "llm-embedder pipeline: error: --variants: unknown variant(s) nope "
+        "(the recipe's variants are ablation, full, other)"
+    )
+    assert not (tmp_path / "run" / "eval").exists()
+
+
 def test_a_variants_task_file_is_read_beside_the_recipe_and_its_table_retrains(tmp_path, data_dir, monkeypatch, capsys):
     """``tasks_file`` in a variant (recipes/six-task.yaml: qa without instructions) resolves against the recipe's
     folder, as data paths do, not the working directory; a change of the table a variant trains with (its file or

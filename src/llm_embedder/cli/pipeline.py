@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--stages", default=None, help="comma-separated subset of build,score,train,eval (default: all)"
     )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated subset of the recipe's variants to train and evaluate, e.g. full (default: all)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     add_tasks_file_argument(parser)
     parser.set_defaults(func=run)
@@ -24,11 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     load_tasks_file(args)
-    from llm_embedder.pipeline.config import load_config
+    from llm_embedder.pipeline.config import load_config, select_variants
     from llm_embedder.pipeline.runner import Pipeline
 
     overrides = {"output_dir": args.output_dir} if args.output_dir else None
     config = load_config(args.recipe, overrides)
+    if args.variants is not None:
+        config = select_variants(config, args.variants.split(","))
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     Pipeline(config, device=args.device).run(stages)
     return 0

@@ -114,6 +114,23 @@ class PipelineConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def select_variants(config: PipelineConfig, names: list[str]) -> PipelineConfig:
+    """The recipe with only the named variants, in the recipe's order (``pipeline --variants full``).
+
+    Why: a recipe carries its ablations beside ``full``; who wants the recipe's model alone should not pay for
+    training and evaluating the others (each is one more training run). Stages stay keyed by their inputs, so the
+    skipped variants train later, in the same folder, when they are asked for.
+    """
+    wanted = [name.strip() for name in names if name.strip()]
+    unknown = [name for name in wanted if name not in config.variants]
+    if not wanted or unknown:
+        raise UserError(
+            f"--variants: unknown variant(s) {', '.join(unknown)}" if unknown else "--variants: no variant named",
+            hint=f"the recipe's variants are {', '.join(config.variants)}",
+        )
+    return dataclasses.replace(config, variants={k: v for k, v in config.variants.items() if k in wanted})
+
+
 def _plain(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
