@@ -37,6 +37,8 @@ def test_a_convsearch_query_keeps_its_last_tokens_of_text_with_or_without_the_in
     overhead = 2 + len(tokenizer(instruction, add_special_tokens=False)["input_ids"])
     assert embedder.max_length("query", "convsearch") == 10 + overhead
     assert embedder.max_length("query") == embedder.query_max_length == 256, "other tasks keep the model's budget"
+    assert embedder.text_budget("convsearch", "query") == 10, "the text's share: the field itself"
+    assert embedder.text_budget("convsearch", "query", 7) == max(0, 7 - overhead)
     [fitted] = embedder.fit_texts([CONVERSATION], "convsearch", "query")
     text_ids = tokenizer(CONVERSATION, add_special_tokens=False)["input_ids"]
     assert tokenizer(fitted, add_special_tokens=False)["input_ids"] == text_ids[-10:]

@@ -19,7 +19,7 @@ import torch
 
 from llm_embedder.errors import UserError
 from llm_embedder.model.loading import resolve_model_path
-from llm_embedder.model.truncation import clip_chars, input_overhead, keep_tail, text_budget
+from llm_embedder.model.truncation import clip_chars, input_overhead, keep_tail
 from llm_embedder.tasks.registry import TASKS, TaskRegistry
 from llm_embedder.tasks.spec import TaskSpec
 from llm_embedder.utils.files import write_json
@@ -146,7 +146,7 @@ class LLMEmbedder:
             self.trained_with_instructions(saved) if use_instructions is None else use_instructions
         )
         self.backend = backend
-        #: tokens each instruction spends before the text (``query_max_tokens`` budgets), tokenised once
+        #: tokens each instruction spends before the text (``text_budget``, ``query_max_tokens``), tokenised once
         self._overheads: dict[str, int] = {}
         self._fast: Any = None
         self._pool: Any = None
@@ -260,10 +260,19 @@ class LLMEmbedder:
         tokens = self.task(task).query_max_tokens if task is not None else None
         if tokens is None:
             return self.query_max_length
-        prefix = self.instruction(task, side)
+        return min(self.query_max_length, tokens + self._overhead(self.instruction(task, side)))
+
+    def text_budget(self, task: str, side: Side, max_length: int | None = None) -> int:
+        """Tokens of TEXT a ``task`` input of ``side`` may keep in ``max_length`` tokens (default: its budget), after
+        its instruction and the special tokens: where a cut from the left (``keep_tail``) must stop."""
+        length = max_length or self.max_length(side, task)
+        return max(0, length - self._overhead(self.instruction(task, side)))
+
+    def _overhead(self, prefix: str) -> int:
+        """Tokens an input with instruction ``prefix`` spends before its text, tokenised once per instruction."""
         if prefix not in self._overheads:
             self._overheads[prefix] = input_overhead(self.model.tokenizer, prefix)
-        return min(self.query_max_length, tokens + self._overheads[prefix])
+        return self._overheads[prefix]
 
     def fit_texts(self, texts: list[str], task: str, side: Side, max_length: int | None = None) -> list[str]:
         """``texts`` cut the way ``task`` wants for ``max_length`` tokens (default: the side's budget).
@@ -274,9 +283,7 @@ class LLMEmbedder:
         """
         if side != "query" or self.task(task).query_truncation != "left":
             return texts
-        tokenizer = self.model.tokenizer
-        budget = text_budget(tokenizer, max_length or self.max_length(side, task), self.instruction(task, side))
-        return keep_tail(texts, tokenizer, budget)
+        return keep_tail(texts, self.model.tokenizer, self.text_budget(task, side, max_length))
 
     # ------------------------------------------------------------------ encoding
     def encode(

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from llm_embedder.errors import UserError
-from llm_embedder.model.truncation import keep_tail, text_budget
+from llm_embedder.model.truncation import keep_tail
 from llm_embedder.retrieval.store.base import SEARCH_MODES, Collection, CollectionInfo, Document, Hit, Store
 from llm_embedder.serving.batcher import MicroBatcher, Then
 from llm_embedder.serving.errors import Conflict, NotFound, TooLarge
@@ -599,11 +599,7 @@ class RetrievalService:
         """The recent conversation + ``query`` joined as convsearch queries are, cut from the left to the budget."""
         texts = self.recent_turns(conversation, self.limits.recent_pairs) if conversation else []
         joined = " ".join([*texts, query])
-        tokenizer = self.embedder.model.tokenizer
-        budget = text_budget(
-            tokenizer, self.embedder.max_length("query", task), self.embedder.instruction(task, "query")
-        )
-        return keep_tail([joined], tokenizer, budget)[0]
+        return keep_tail([joined], self.embedder.model.tokenizer, self.embedder.text_budget(task, "query"))[0]
 
     def augment(
         self,
