@@ -27,12 +27,46 @@ def test_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch):
     assert str(e.value) == "unknown dtype 'int8' (choose one of auto, fp32, bf16-mixed, bf16, fp16)"
 
 
-def test_bf16_mixed_keeps_fp32_weights_and_autocasts(lm_folder):  # noqa: F811
+def test_bf16_mixed_stores_the_decoders_linear_weights_in_bf16_and_autocasts(lm_folder):  # noqa: F811
     model, _ = load_causal_lm(str(lm_folder), dtype="bf16-mixed", device="cpu")
-    assert next(model.parameters()).dtype == torch.float32
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    # the embeddings and the LM head (tied here) stay float32: the scorer runs the head in float32
+    assert head.weight.dtype == torch.float32 and model.get_input_embeddings().weight.dtype == torch.float32
     assert precision.autocast_dtype(model) == torch.bfloat16
     plain, _ = load_causal_lm(str(lm_folder), dtype="fp32", device="cpu")
     assert precision.autocast_dtype(plain) is None
+    assert all(p.dtype == torch.float32 for p in plain.parameters())
+
+
+def test_stored_bf16_weights_score_exactly_what_autocast_computed(data_dir, lm_folder):  # noqa: F811
+    """The weights are stored in bf16 to save autocast's cast of every weight on every call, not to change a
+    number: the same rewards, bit for bit, as float32 weights under the same autocast."""
+    stored, tok = load_causal_lm(str(lm_folder), dtype="bf16-mixed", device="cpu")
+    autocast_only, _ = load_causal_lm(str(lm_folder), dtype="fp32", device="cpu")
+    precision._AUTOCAST[autocast_only] = torch.bfloat16
+    for task in ("qa", "lrlm"):
+        records = sample_records(data_dir, task, n=2, candidates=3)
+        a = RewardScorer(stored, tok, task=task, max_key_tokens=128).score(records)
+        b = RewardScorer(autocast_only, tok, task=task, max_key_tokens=128).score(records)
+        fp32 = RewardScorer(load_causal_lm(str(lm_folder))[0], tok, task=task, max_key_tokens=128).score(records)
+        for x, y, z in zip(a, b, fp32, strict=True):
+            assert np.array_equal(np.asarray(x), np.asarray(y)), (task, x, y)
+            assert not np.array_equal(np.asarray(x), np.asarray(z))  # bf16 really ran
+
+
+def test_a_bf16_mixed_lm_generates_in_its_precision(lm_folder):  # noqa: F811
+    """Generation enters the model's precision too (its Linear weights are bf16: plain float32 inputs would fail)."""
+    from llm_embedder.evaluation.downstream.base import LanguageModel
+    from llm_embedder.evaluation.downstream.qa import generate_greedy
+    from llm_embedder.serving.generation import Generator
+
+    model, tok = load_causal_lm(str(lm_folder), dtype="bf16-mixed", device="cpu")
+    prompts = [tok("The capital of France is", add_special_tokens=False)["input_ids"], [1, 2, 3]]
+    out = generate_greedy(LanguageModel(model, tok), prompts, max_new_tokens=3, batch_size=2, show_progress=False)
+    assert len(out) == 2 and all(isinstance(text, str) for text in out)
+    assert isinstance(Generator(model, tok, max_new_tokens=3)("Hello"), str)
 
 
 def _scores(folder, dtype, records, task):

@@ -328,27 +328,27 @@ class _Scorer:
                     pass
 
     def _fast_path_agrees(self) -> bool:
-        """Compare the fast path with the model's own forward on a tiny input, once per model.
+        """Whether the model's logits are its LM head on its backbone's last hidden states (softcapped as
+        :meth:`_target_logprobs` does), checked once per model on a tiny input.
 
-        Outside autocast: the question is whether the architecture post-processes its logits, and under
-        bf16 autocast the model's own logits are rounded to bf16 (the fast path's head is not), which would
-        fail the comparison and silently turn the fast path off.
+        Both sides run in the model's own precision - the head here gets what the model's forward gives it - so
+        the comparison is exact in any precision (a ``bf16-mixed`` model runs only under its autocast). A
+        difference means the architecture post-processes its logits (a logit scale, say); the scorer then takes
+        the model's own logits, which stays exact.
         """
-        with torch.autocast(self.device.type, enabled=False):
-            return self._compare_paths()
-
-    def _compare_paths(self) -> bool:
         vocab = self.head.weight.shape[0]
         ids = torch.arange(5, device=self.device).remainder(vocab).unsqueeze(0)
-        mask = torch.ones_like(ids)
-        rows = torch.zeros(4, dtype=torch.long, device=self.device)
-        positions = torch.arange(4, device=self.device)
-        labels = ids[0, 1:]
-        inputs = {"input_ids": ids, "attention_mask": mask}
-        fast = self._logprobs_fast(inputs, rows, positions, labels)
-        full = self._logprobs_full(inputs, rows, positions, labels)
-        tolerance = 1e-3 if self.head.weight.dtype == torch.float32 else 5e-2
-        return bool(torch.allclose(fast, full, atol=tolerance, rtol=0))
+        hidden: list[torch.Tensor] = []
+        hook = self.backbone.register_forward_hook(lambda module, args, output: hidden.append(output[0]))
+        try:
+            with precision_context(self.model, self.device):
+                logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+                mine = self.head(hidden[-1])
+        finally:
+            hook.remove()
+        if self.softcap is not None:  # in the logits' own dtype, as the model's forward does it
+            mine = torch.tanh(mine / self.softcap) * self.softcap
+        return mine.shape == logits.shape and bool(torch.allclose(mine.float(), logits.float(), atol=1e-4, rtol=1e-4))
 
     def _target_logprobs(self, logits: torch.Tensor, labels: torch.Tensor, *, softcap: bool = False) -> torch.Tensor:
         logits = logits.float()

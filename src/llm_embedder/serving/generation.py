@@ -25,8 +25,10 @@ class Generator:
     def __call__(self, prompt: str) -> str:
         import torch
 
+        from llm_embedder.lm.precision import precision_context
+
         inputs = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), precision_context(self.model, self.model.device):
             out = self.model.generate(
                 **inputs,
                 max_new_tokens=self.max_new_tokens,

@@ -27,6 +27,7 @@ from llm_embedder.evaluation.downstream.base import (
     require_answers,
 )
 from llm_embedder.evaluation.downstream.scoring import build_scoring_request, score
+from llm_embedder.lm.precision import precision_context
 from llm_embedder.utils.progress import progress
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -121,7 +122,7 @@ def generate_greedy(
             seq = list(prompts[i])
             ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
             mask[row, width - len(seq) :] = 1
-        with torch.inference_mode():
+        with torch.inference_mode(), precision_context(model, device):
             out = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
