@@ -66,6 +66,19 @@ def test_eval_writes_table_json_and_png(data_dir, tiny_lm_dir, tmp_path, capsys)
     assert "- recency vs none: " in report and "- lucky vs none: " in report  # the LLM alone as the baseline
 
 
+def test_eval_takes_every_lm_precision_that_score_takes(data_dir, tiny_lm_dir, tmp_path):
+    """``--lm-dtype bf16-mixed`` (bf16 products, the scoring default on CPUs with bf16 instructions) runs the
+    downstream metric in that precision: close to fp32's figure, not equal to it."""
+    perplexity = {}
+    for dtype in ("fp32", "bf16-mixed"):
+        out = tmp_path / dtype
+        argv = ("--lm", str(tiny_lm_dir), "--lm-dtype", dtype, "--limit", "3", "--baseline", "none", "-o", str(out))
+        assert _chat_eval(data_dir, *argv) == 0
+        perplexity[dtype] = json.loads((out / "chat.json").read_text())["results"]["recency"]["perplexity"]
+    assert perplexity["bf16-mixed"] != perplexity["fp32"]
+    assert perplexity["bf16-mixed"] == pytest.approx(perplexity["fp32"], rel=0.02)
+
+
 def _bad_record_file(tmp_path: Path) -> Path:
     return write_jsonl(
         tmp_path / "bad.jsonl",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from llm_embedder.cli.common import add_tasks_file_argument, load_tasks_file
+from llm_embedder.lm.precision import LM_DTYPES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--lm", default=None, help="causal LM: smollm2 (default), gemma3, a folder, a .gguf or a hub id"
     )
-    parser.add_argument("--lm-dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="LM weight precision")
+    parser.add_argument(
+        "--lm-dtype",
+        default="fp32",
+        choices=LM_DTYPES,
+        help="LM precision for the downstream metrics (default fp32, the exact reference; auto / bf16-mixed: bf16 "
+        "products, 2.4-2.7x faster on a CPU with bf16 instructions, as `score` uses)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda ... for the LM and the encoders")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only N records (cheap CPU runs)")
     parser.add_argument("--sample", choices=["first", "random"], default="first", help="which N records --limit keeps")
