@@ -32,7 +32,7 @@ def test_bf16_mixed_stores_the_decoders_linear_weights_in_bf16_and_autocasts(lm_
     head = model.get_output_embeddings()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
     assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
-    # the embeddings and the LM head (tied here) stay float32: the scorer runs the head in float32
+    # the embeddings and the LM head (untied here; SmolLM2 ties them) stay float32: the scorer runs the head in float32
     assert head.weight.dtype == torch.float32 and model.get_input_embeddings().weight.dtype == torch.float32
     assert precision.autocast_dtype(model) == torch.bfloat16
     plain, _ = load_causal_lm(str(lm_folder), dtype="fp32", device="cpu")
