@@ -152,6 +152,23 @@ def test_variants_option_trains_only_the_named_variants(tmp_path, data_dir, monk
     assert not (tmp_path / "run" / "eval").exists()
 
 
+def test_a_number_retyped_as_a_float_does_not_retrain_a_variant(tmp_path, data_dir, monkeypatch):
+    """``data_weights: {convsearch: 2}`` and ``{convsearch: 2.0}`` train the same model. Before, the two had
+    different fingerprints, so retyping the weight deleted the finished model and trained it again; another value
+    still retrains."""
+    trained: list[str] = []
+
+    def fake_train(config, variant, overrides, data, out):
+        trained.append(variant)
+        return {"variant": variant, "model": str(out)}
+
+    monkeypatch.setattr("llm_embedder.pipeline.training.train_variant", fake_train)
+    for weight, times in ((2.0, 1), (2, 1), (3, 2), (3.0, 2)):
+        variants = {"full": {"data_weights": {"tool": weight}, "anchor_weight": 4.0}}
+        Pipeline(load_config(_recipe(tmp_path, data_dir, variants=variants)), log=lambda _: None).train()
+        assert len(trained) == times, f"data_weights {{tool: {weight!r}}}: trained {len(trained)} times"
+
+
 def test_a_variants_task_file_is_read_beside_the_recipe_and_its_table_retrains(tmp_path, data_dir, monkeypatch, capsys):
     """``tasks_file`` in a variant (recipes/six-task.yaml: qa without instructions) resolves against the recipe's
     folder, as data paths do, not the working directory; a change of the table a variant trains with (its file or

@@ -19,6 +19,8 @@ from llm_embedder.pipeline.config import PipelineConfig
 from llm_embedder.pipeline.stages import StageTracker
 from llm_embedder.pipeline.training import variant_tasks_file
 from llm_embedder.tasks.registry import TASKS
+from llm_embedder.training.config import flag_type
+from llm_embedder.utils.dataclass_build import floats_as_declared
 from llm_embedder.utils.files import exclusive_lock, write_json
 from llm_embedder.utils.paths import check_name
 
@@ -229,12 +231,14 @@ def _with_task_table(config: PipelineConfig, overrides: dict[str, Any]) -> dict[
     the variant (a new built-in default included); an edited comment does not."""
     table = TASKS.copy()
     path = variant_tasks_file(config, overrides)
+    # one spelling per value: `{convsearch: 2}` and `{convsearch: 2.0}` train the same model (floats_as_declared)
+    numbers = {key: floats_as_declared(value, flag_type(key)) for key, value in overrides.items()}
     if path is not None:
         try:
             table.load_file(path)
         except (OSError, UserError):
-            return {**overrides, "task_table": None}  # the train stage says what is wrong, in one line
-    return {**overrides, "task_table": table.to_dict()}
+            return {**numbers, "task_table": None}  # the train stage says what is wrong, in one line
+    return {**numbers, "task_table": table.to_dict()}
 
 
 def _file_stamp(path: Path) -> list[Any]:

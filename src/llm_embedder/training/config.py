@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,14 @@ class TrainingConfig:
 _SECTIONS: tuple[tuple[str, type], ...] = (("model", ModelConfig), ("data", DataConfig), ("training", TrainingConfig))
 #: flat key -> section attribute
 FIELD_SECTION: dict[str, str] = {f.name: section for section, klass in _SECTIONS for f in dataclasses.fields(klass)}
+
+
+def flag_type(name: str) -> Any:
+    """The type hint of the trainer's flag ``name`` (``Any`` for a name it does not know)."""
+    for section, klass in _SECTIONS:
+        if FIELD_SECTION.get(name) == section:
+            return typing.get_type_hints(klass).get(name, Any)
+    return Any
 
 
 @dataclass

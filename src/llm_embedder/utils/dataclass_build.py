@@ -116,6 +116,36 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     return True, value  # a type we do not check (a callable escape hatch, ...)
 
 
+def floats_as_declared(value: Any, tp: Any) -> Any:
+    """``value`` with each int that ``tp`` declares a float (``dict[str, float]`` values included) written as one.
+
+    Why: :func:`_coerce` keeps an int as written, and that is right for the values a run uses. A fingerprint of
+    user-written settings needs one spelling per value instead: YAML reads ``{convsearch: 2}`` as an int and
+    ``{convsearch: 2.0}`` as a float, the trainer treats them alike, and their JSON differs. An int where an int
+    is declared (``seed: 1``) stays an int, so fingerprints of recipes already written either way stay as they were.
+    """
+    if isinstance(value, bool) or tp is Any:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if isinstance(value, int):
+            return float(value) if float in args and int not in args else value
+        for arg in args:
+            inner = typing.get_origin(arg)
+            if (inner is dict and isinstance(value, Mapping)) or (inner is list and isinstance(value, list)):
+                return floats_as_declared(value, arg)
+        return value
+    if origin is dict and isinstance(value, Mapping):
+        item = args[1] if args else Any
+        return {key: floats_as_declared(entry, item) for key, entry in value.items()}
+    if origin is list and isinstance(value, list):
+        item = args[0] if args else Any
+        return [floats_as_declared(entry, item) for entry in value]
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
 def check_field_types(instance: Any, where: str) -> Any:
     """Check every field of a built dataclass against its type hint, in place; returns ``instance``.
 
