@@ -91,7 +91,8 @@ def test_demo_recipe_is_valid():
         **check.variants["qa_instructed"],
         "tasks_file": "tasks/qa-plain.yaml",
     }
-    assert check.variants["full"] == {**check.variants["qa_instructed"], "tasks_file": "tasks/six-task.yaml"}
+    assert check.variants["convsearch_x1"] == {**check.variants["qa_instructed"], "tasks_file": "tasks/six-task.yaml"}
+    assert check.variants["full"] == {**check.variants["convsearch_x1"], "data_weights": {"convsearch": 2}}
     plain = variant_flags(check, check.variants["tool_tau_reference"], {}, Path("out"))["tasks_file"]
     assert yaml.safe_load(Path(plain).read_text()) == {"qa": {"query_instruction": "", "key_instruction": ""}}
     recipe = variant_flags(check, check.variants["full"], {}, Path("out"))["tasks_file"]
