@@ -106,8 +106,11 @@ def test_bf16_mixed_keeps_the_selected_positions_fast_path(lm_folder):  # noqa: 
     model, _ = load_causal_lm(str(lm_folder), dtype="bf16-mixed", device="cpu")
     with torch.inference_mode(), precision.precision_context(model, torch.device("cpu")):
         scorer = _Scorer(model)
-        assert scorer.fast
+        assert scorer.fast and scorer.centred_head
         assert scorer._head(torch.zeros(2, model.config.hidden_size)).dtype == torch.float32
+    exact, _ = load_causal_lm(str(lm_folder), dtype="fp32", device="cpu")
+    with torch.inference_mode(), precision.precision_context(exact, torch.device("cpu")):
+        assert not _Scorer(exact).centred_head  # fp32 stays the exact reference
 
 
 def test_scoring_token_budget_defaults_by_device(tokenizer):  # noqa: F811
