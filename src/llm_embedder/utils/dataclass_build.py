@@ -122,7 +122,8 @@ def floats_as_declared(value: Any, tp: Any) -> Any:
     Why: :func:`_coerce` keeps an int as written, and that is right for the values a run uses. A fingerprint of
     user-written settings needs one spelling per value instead: YAML reads ``{convsearch: 2}`` as an int and
     ``{convsearch: 2.0}`` as a float, the trainer treats them alike, and their JSON differs. An int where an int
-    is declared (``seed: 1``) stays an int, so fingerprints of recipes already written either way stay as they were.
+    is declared (``seed: 1``) stays an int, so a recipe that wrote every value in its declared type keeps the
+    fingerprints it had; one that wrote an int for a float field gets a new one, once.
     """
     if isinstance(value, bool) or tp is Any:
         return value
