@@ -168,6 +168,13 @@ def test_a_number_retyped_as_a_float_does_not_retrain_a_variant(tmp_path, data_d
         variants = {"full": {"data_weights": {"tool": weight}, "anchor_weight": 4.0}}
         Pipeline(load_config(_recipe(tmp_path, data_dir, variants=variants)), log=lambda _: None).train()
         assert len(trained) == times, f"data_weights {{tool: {weight!r}}}: trained {len(trained)} times"
+    from llm_embedder.training.config import flag_type
+    from llm_embedder.utils.dataclass_build import floats_as_declared
+
+    # a declared int stays an int (recipes written in their declared types keep their fingerprints)
+    assert type(floats_as_declared(1, flag_type("seed"))) is int
+    assert type(floats_as_declared({"tool": 0}, flag_type("anchor_task_weights"))["tool"]) is float
+    assert type(floats_as_declared({"tool": 256}, flag_type("task_key_max_length"))["tool"]) is int
 
 
 def test_a_variants_task_file_is_read_beside_the_recipe_and_its_table_retrains(tmp_path, data_dir, monkeypatch, capsys):
