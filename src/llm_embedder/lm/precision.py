@@ -7,9 +7,10 @@
   instead of the logit itself (``lm.likelihood.centred_target_logprobs``; a softcapped head runs in float32). On
   a CPU with native BF16 instructions (AVX512-BF16, AMX) it scores 2.4-2.7x faster than fp32 on the same batches
   (AMX), rewards within 0.15 nats, and no two candidates whose fp32 rewards differ by more than 0.05 nats swap
-  places (``benchmarks/README.md``); without such instructions bf16 is emulated and slower than fp32. The decoder's Linear weights are stored in bf16 once, at load
-  (:func:`set_precision`): autocast under ``torch.inference_mode`` keeps no cache and would cast every float32
-  weight again on every call (17-19% of CPU scoring time); the products are bit for bit the same.
+  places (``benchmarks/README.md``); without such instructions bf16 is emulated and slower than fp32. The
+  decoder's Linear weights are stored in bf16 once, at load (:func:`set_precision`): autocast under
+  ``torch.inference_mode`` keeps no cache and would cast every float32 weight again on every call (17-19% of CPU
+  scoring time); the products are bit for bit the same.
 * ``bf16`` / ``fp16`` - the weights themselves in that type: the usual choice on GPUs. On a CPU ``bf16`` is no
   faster than ``bf16-mixed`` and about twice as far from fp32 (the residual stream is rounded to bf16 too).
 * ``auto`` - ``bf16-mixed`` where bf16 is native (CUDA with bf16 support, or a CPU with BF16 instructions),

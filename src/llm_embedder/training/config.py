@@ -167,10 +167,8 @@ FIELD_SECTION: dict[str, str] = {f.name: section for section, klass in _SECTIONS
 
 def flag_type(name: str) -> Any:
     """The type hint of the trainer's flag ``name`` (``Any`` for a name it does not know)."""
-    for section, klass in _SECTIONS:
-        if FIELD_SECTION.get(name) == section:
-            return typing.get_type_hints(klass).get(name, Any)
-    return Any
+    klass = dict(_SECTIONS).get(FIELD_SECTION.get(name, ""))
+    return typing.get_type_hints(klass).get(name, Any) if klass is not None else Any
 
 
 @dataclass
