@@ -133,6 +133,22 @@ def test_the_centred_heads_bf16_copy_follows_its_weight():
     assert again is not first and torch.equal(again[:, :8], head.weight.bfloat16())
 
 
+def test_logsumexp_in_row_blocks_equals_the_whole_slice_bit_for_bit(monkeypatch):
+    """The log-sum-exp over the answer rows runs a few rows at a time to stay in cache; every row must come out
+    exactly as ``torch.logsumexp`` gives it on the whole float32 slice, whatever the block size and dtype."""
+    from llm_embedder.lm import likelihood
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 3000, generator=g) * 4 - 9
+    for block_bytes in (1, 4 * 3000, 4 * 3000 * 5, 1 << 30):  # 1 row, 1 row, 5 rows, everything at once
+        monkeypatch.setattr(likelihood, "_LSE_BLOCK_BYTES", block_bytes)
+        for values in (x, x.bfloat16()):
+            got = likelihood.logsumexp_rows(values)
+            assert got.dtype == torch.float32
+            assert torch.equal(got, torch.logsumexp(values.float(), dim=-1)), block_bytes
+    assert likelihood.logsumexp_rows(x[:0]).shape == (0,)
+
+
 def test_plan_batches_respects_budget_and_is_deterministic():
     rng = random.Random(3)
     lengths = [rng.randint(1, 300) for _ in range(200)] + [5000]

@@ -46,6 +46,7 @@ def test_stored_bf16_weights_score_exactly_what_autocast_computed(data_dir, lm_f
     stored, tok = load_causal_lm(str(lm_folder), dtype="bf16-mixed", device="cpu")
     autocast_only, _ = load_causal_lm(str(lm_folder), dtype="fp32", device="cpu")
     precision._AUTOCAST[autocast_only] = torch.bfloat16
+    precision._fuse_siblings(autocast_only)  # the same products as bf16-mixed, from float32 weights
     for task in ("qa", "lrlm"):
         records = sample_records(data_dir, task, n=2, candidates=3)
         a = RewardScorer(stored, tok, task=task, max_key_tokens=128).score(records)

@@ -10,7 +10,10 @@
   places (``benchmarks/README.md``); without such instructions bf16 is emulated and slower than fp32. The
   decoder's Linear weights are stored in bf16 once, at load (:func:`set_precision`): autocast under
   ``torch.inference_mode`` keeps no cache and would cast every float32 weight again on every call (17-19% of CPU
-  scoring time); the products are bit for bit the same.
+  scoring time); the products are bit for bit the same. The query, key and value projections of each layer, and
+  the gate and up projections of its MLP, then run as one product each (``lm.fused``: the input cast once, a
+  wider product; 5-8% less scoring time on chat, lrlm and icl; rewards as close to fp32 as with the separate
+  products).
 * ``bf16`` / ``fp16`` - the weights themselves in that type: the usual choice on GPUs. On a CPU ``bf16`` is no
   faster than ``bf16-mixed`` and about twice as far from fp32 (the residual stream is rounded to bf16 too).
 * ``auto`` - ``bf16-mixed`` where bf16 is native (CUDA with bf16 support, or a CPU with BF16 instructions),
@@ -103,16 +106,37 @@ def _store_linear_weights(model: Any, dtype: torch.dtype) -> None:
 def set_precision(model: Any, dtype: str) -> None:
     """Record how ``model`` runs: ``bf16-mixed`` makes :func:`precision_context` enter bf16 autocast.
 
-    For ``bf16-mixed`` the Linear weights are stored in bf16 (:func:`_store_linear_weights`); the model then runs
-    only inside :func:`precision_context`.
+    For ``bf16-mixed`` the Linear weights are stored in bf16 (:func:`_store_linear_weights`) and sibling
+    projections fused (:func:`_fuse_siblings`); the model then runs only inside :func:`precision_context`.
     """
     import torch
 
     if dtype == "bf16-mixed":
         _store_linear_weights(model, torch.bfloat16)
         _AUTOCAST[model] = torch.bfloat16
+        _fuse_siblings(model)
     else:
         _AUTOCAST.pop(model, None)
+
+
+def _fuse_siblings(model: Any) -> int:
+    """Fuse the query / key / value and gate / up projections of a ``bf16-mixed`` model into one product each
+    (``lm.fused``: 5-8% of scoring time on CPU), observed on one 5-token forward pass in the model's precision."""
+    import torch
+
+    from llm_embedder.lm.fused import fuse_sibling_linears
+
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is None:
+        return 0
+    device = embeddings.weight.device
+    ids = torch.arange(5, device=device).remainder(embeddings.weight.shape[0]).unsqueeze(0)
+
+    def run() -> None:
+        with precision_context(model, device):
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+
+    return fuse_sibling_linears(model, run)
 
 
 def autocast_dtype(model: Any) -> torch.dtype | None:
