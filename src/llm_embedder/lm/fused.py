@@ -14,7 +14,9 @@ and fuses a group (``q_proj``/``k_proj``/``v_proj``, ``gate_proj``/``up_proj``) 
 the very same input tensor, once. A cross-attention layer whose key and value read another sequence stays as it
 was. Each member is replaced by a :class:`SiblingOutput` that returns its columns of the shared product; the
 product is computed when the first member asks for an input it has not seen and dropped once every member has
-taken its part.
+taken its part (per thread: two threads running the model each get their own). The fused model is for running:
+its state dict names the concatenated weights (``fused_q_k_v.weight``), which transformers would not load back,
+so save a model loaded in ``fp32``, never a fused one.
 
 The fused product rounds like the separate ones (bf16 inputs, float32 accumulation) but not bit for bit like them:
 the kernel blocks a wider output differently, a few activations round to the other bf16 neighbour and the
