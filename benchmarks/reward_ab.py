@@ -1,11 +1,11 @@
 """One change to ``bf16-mixed`` scoring, before against after, in one process: which is faster, and is it as
 faithful to fp32? One run.
 
-Both paths score the same records with the same bf16-mixed decoder, run by run in A B B A order, so machine drift between
-runs does not enter the ratio (``benchmarks/reward.py``'s ratios moved by 15-20% between runs on one VM); each is
-compared with fp32 scoring as ``benchmarks/reward.py`` compares the default (max / mean |reward difference|,
-Kendall tau, top-1 agreement, pairs swapped although fp32 separates them by more than 0.05 nats). The "before"
-paths are not offered as options, so the script switches them on in the library directly:
+Both paths score the same records with the same bf16-mixed decoder, run by run in A B B A order, so machine
+drift between runs does not enter the ratio (``benchmarks/reward.py``'s ratios moved by 6-20% between runs on one
+VM); each is compared with fp32 scoring as ``benchmarks/reward.py`` compares the default (max / mean |reward
+difference|, Kendall tau, top-1 agreement, pairs swapped although fp32 separates them by more than 0.05 nats).
+The "before" paths are not offered as options, so the script switches them on in the library directly:
 
 * ``head``: the LM head over the answer rows in float32 (before) or as the centred bf16 product
   (``lm.likelihood.centred_target_logprobs``, the default);
