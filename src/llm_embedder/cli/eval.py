@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="fp32",
         choices=LM_DTYPES,
         help="LM precision for the downstream metrics (default fp32, the exact reference; auto / bf16-mixed: bf16 "
-        "products, 2.4-2.7x faster on a CPU with bf16 instructions, as `score` uses)",
+        "products, 2.6-2.8x faster on a CPU with bf16 instructions, as `score` uses)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda ... for the LM and the encoders")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only N records (cheap CPU runs)")

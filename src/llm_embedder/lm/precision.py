@@ -5,7 +5,7 @@
   embeddings and the residual stream stay float32, and so do the embeddings and the LM head's weights. The scorer
   runs the head on the answer rows as a bf16 product that rounds each logit's distance from the row's target logit
   instead of the logit itself (``lm.likelihood.centred_target_logprobs``; a softcapped head runs in float32). On
-  a CPU with native BF16 instructions (AVX512-BF16, AMX) it scores 2.4-2.7x faster than fp32 on the same batches
+  a CPU with native BF16 instructions (AVX512-BF16, AMX) it scores 2.6-2.8x faster than fp32 on the same batches
   (AMX), rewards within 0.15 nats, and no two candidates whose fp32 rewards differ by more than 0.05 nats swap
   places (``benchmarks/README.md``); without such instructions bf16 is emulated and slower than fp32. The
   decoder's Linear weights are stored in bf16 once, at load (:func:`set_precision`): autocast under
