@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from llm_embedder.lm.precision import precision_context
+from llm_embedder.lm.precision import precision_context, probe_forward
 
 __all__ = [
     "ScoringRequest",
@@ -413,13 +413,11 @@ class _Scorer:
         difference means the architecture post-processes its logits (a logit scale, say); the scorer then takes
         the model's own logits, which stays exact.
         """
-        vocab = self.head.weight.shape[0]
-        ids = torch.arange(5, device=self.device).remainder(vocab).unsqueeze(0)
         hidden: list[torch.Tensor] = []
         hook = self.backbone.register_forward_hook(lambda module, args, output: hidden.append(output[0]))
         try:
+            logits = probe_forward(self.model, self.device).logits
             with precision_context(self.model, self.device):
-                logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
                 mine = self.head(hidden[-1])
         finally:
             hook.remove()
