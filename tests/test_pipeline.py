@@ -101,6 +101,15 @@ def test_demo_recipe_is_valid():
         "tool": {"training": {"temperature": 0.05}},
     }
     assert check.variants["no_anchor"] == {"anchor_weight": 0.0}
+    # the recipe's other seeds (YAML merge keys): each trains as `full` but for its seed, and is a model of its own
+    from llm_embedder.pipeline.runner import _with_task_table
+
+    assert variant_flags(check, check.variants["full"], {}, Path("out"))["seed"] == check.seed == 0
+    for seed in (1, 2):
+        variant = check.variants[f"full_seed{seed}"]
+        assert variant == {**check.variants["full"], "seed": seed}
+        assert variant_flags(check, variant, {}, Path("out"))["seed"] == seed
+        assert _with_task_table(check, variant) != _with_task_table(check, check.variants["full"])
 
 
 def test_variant_task_subset(tmp_path, data_dir, monkeypatch, capsys):
