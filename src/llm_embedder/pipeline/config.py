@@ -70,7 +70,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "dtype": "fp32",
     "save_steps": 50,
 }
-#: keys of the training recipe that the pipeline sets itself (per task, per variant)
+#: keys of the ``train:`` section that the pipeline sets itself (per task, per variant): ``seed`` is the recipe's
+#: top-level one, which a variant may override (``recipes/six-task.yaml``: ``full_seed1: {<<: *full, seed: 1}``)
 TRAIN_RESERVED = ("data", "output", "model", "resume", "seed")
 
 
