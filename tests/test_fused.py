@@ -46,12 +46,14 @@ def test_self_attention_projections_fuse_into_one_product_with_the_same_outputs(
         x, y = torch.randn(3, 5, 8), torch.randn(2, 8)
         expected_x, expected_y = _outputs(module, x), _outputs(module, y)
         weights = [module.q_proj.weight.detach().clone(), module.k_proj.weight.detach().clone()]
+        k_bias = None if module.k_proj.bias is None else module.k_proj.bias.detach().clone()
         assert fuse_sibling_linears(module, lambda m=module: m(torch.randn(1, 8))) == 1
         assert isinstance(module.q_proj, SiblingOutput) and isinstance(module.fused_q_k_v, SharedProduct)
         assert torch.allclose(_outputs(module, x), expected_x, atol=1e-6)
         assert torch.allclose(_outputs(module, y), expected_y, atol=1e-6)  # a new input: a new product
         # the members read as the layers they replace; the parameters are held once
         assert torch.equal(module.q_proj.weight, weights[0]) and torch.equal(module.k_proj.weight, weights[1])
+        assert module.k_proj.bias is None if k_bias is None else torch.equal(module.k_proj.bias, k_bias)
         assert (module.v_proj.out_features, module.v_proj.in_features) == (4, 8)
         assert sum(p.numel() for p in module.parameters()) == 14 * 8 + (14 if bias else 0)
         assert module.fused_q_k_v._cache == {}  # every member took its part: no activations held

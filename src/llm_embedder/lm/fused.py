@@ -89,16 +89,18 @@ class SiblingOutput(nn.Module):
         self.out_features = shared.sizes[index]
 
     @property
-    def weight(self) -> torch.Tensor:
+    def _rows(self) -> slice:
+        """This member's rows of the shared weight and bias (its output columns of the product)."""
         shared: SharedProduct = self._shared
-        return shared.weight[shared.offsets[self.index] : shared.offsets[self.index + 1]]
+        return slice(shared.offsets[self.index], shared.offsets[self.index + 1])
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._shared.weight[self._rows]
 
     @property
     def bias(self) -> torch.Tensor | None:
-        shared: SharedProduct = self._shared
-        if shared.bias is None:
-            return None
-        return shared.bias[shared.offsets[self.index] : shared.offsets[self.index + 1]]
+        return None if self._shared.bias is None else self._shared.bias[self._rows]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._shared.part(x, self.index)
