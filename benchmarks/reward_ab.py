@@ -12,7 +12,9 @@ The "before" paths are not offered as options, so the script switches them on in
 * ``fused``: the query / key / value and gate / up projections as separate products (before) or fused
   (``lm.fused``, the default);
 * ``lse``: the log-sum-exp over the whole (rows x vocabulary) slice at once (before) or in row blocks that stay
-  in cache (``lm.likelihood.logsumexp_rows``, the default; the same numbers bit for bit).
+  in cache (``lm.likelihood.logsumexp_rows``, the default; the same numbers bit for bit);
+* ``mask``: rows of one context and one target with a padding mask (before) or none, under the model's causal
+  mask alone (``lm.likelihood._Scorer.padding_mask``, the default; exact: padding is on the right).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reward_ab.py --change head                # SmolLM2: qa, chat, lrlm, icl
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reward_ab.py --change fused --lm gemma3 --sizes icl:6
@@ -41,6 +43,7 @@ CHANGES = {
     "head": ("float32 head", "centred head"),
     "fused": ("separate", "fused"),
     "lse": ("whole slice", "row blocks"),
+    "mask": ("padding mask", "causal only"),
 }
 
 
@@ -52,10 +55,13 @@ def before(change: str) -> Iterator[None]:
             likelihood._Scorer.centred_head = property(lambda self: False)  # type: ignore[method-assign,assignment]
         elif change == "lse":
             likelihood._LSE_BLOCK_BYTES = 1 << 62
+        elif change == "mask":
+            likelihood._Scorer.padding_mask = True
         yield
     finally:
         likelihood._Scorer.centred_head = CENTRED  # type: ignore[method-assign]
         likelihood._LSE_BLOCK_BYTES = LSE_BLOCK_BYTES
+        likelihood._Scorer.padding_mask = False
 
 
 def separate(lm: str) -> Any:

@@ -66,6 +66,39 @@ def test_scores_equal_full_vocabulary_computation(budget, batch):
         assert abs(total - expected) < 1e-4
 
 
+def test_rows_of_one_target_run_under_the_causal_mask_alone(monkeypatch):
+    """Rows of one context and one target carry no padding mask (padding is on the right, so the causal mask is
+    exact): attention gets no mask tensor - its causal kernel - and the scores equal a padded, masked batch's
+    and the naive computation."""
+    from llm_embedder.lm import likelihood
+
+    model = tiny_lm(500)
+    rng = random.Random(3)
+    requests = [
+        ScoringRequest(
+            [rng.randrange(500) for _ in range(rng.randint(1, 40))], [rng.randrange(500)] * rng.randint(1, 9)
+        )
+        for _ in range(12)
+    ]
+    masks: list[object] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("attn_mask"))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    sums, counts = score_requests(model, requests)
+    assert masks and all(mask is None for mask in masks)
+    monkeypatch.setattr(likelihood._Scorer, "padding_mask", True)
+    masks.clear()
+    padded, _ = score_requests(model, requests)
+    assert any(mask is not None for mask in masks)  # the same rows, padded under a mask
+    for request, total, count, masked in zip(requests, sums, counts, padded, strict=True):
+        expected, n = naive_score(model, request)
+        assert count == n and abs(total - expected) < 1e-4 and abs(total - masked) < 1e-5
+
+
 def test_logit_postprocessing_models_fall_back_to_their_own_logits():
     """A model whose forward changes the logits (softcapping, scaling...) must still be scored exactly."""
     from transformers import LlamaForCausalLM

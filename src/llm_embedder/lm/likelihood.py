@@ -13,8 +13,9 @@ Why it is fast:
 * On a CPU the log-sum-exp over the vocabulary runs a few answer rows at a time, so its passes stay in cache
   (:func:`logsumexp_rows`; the same numbers).
 
-Padding is on the right with an attention mask, so real tokens keep positions ``0..n-1`` and never attend to
-padding. The LM runs in the precision it was loaded with (``lm.precision``: its weights' dtype, or bf16 autocast
+Padding is on the right, so real tokens keep positions ``0..n-1`` and never attend to padding: the model's own
+causal mask ensures it for a row of one context and one target (no padding mask, so attention takes its causal
+kernel), a tree mask for a row that shares its context among several targets. The LM runs in the precision it was loaded with (``lm.precision``: its weights' dtype, or bf16 autocast
 for ``bf16-mixed``); the log-softmax is always computed in float32.
 
 Tokenisation (:func:`build_request`): the context and the target are tokenised separately and their ids
@@ -381,6 +382,13 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
 class _Scorer:
     """Runs batches on one model, through the selected-positions fast path when the model allows it."""
 
+    #: Whether rows of one context and one target carry a padding mask. They need none: padding is on the right
+    #: and the model's own causal mask lets a real token see earlier positions only, which are all real. Without
+    #: one, transformers' SDPA attention takes the causal kernel (no mask tensor: it skips the key blocks above
+    #: the diagonal and reads grouped key / value heads unexpanded) - the same scores (``tests/test_likelihood.py``)
+    #: in less time (``benchmarks/reward_ab.py --change mask``). The padding rows' own outputs are never read.
+    padding_mask: bool = False
+
     def __init__(self, model: Any) -> None:
         self.model = model
         self.device = model_device(model)
@@ -538,8 +546,10 @@ class _Scorer:
             # padding rows attend to themselves, so no row is fully masked (that would give NaN)
             mask |= torch.eye(longest, dtype=torch.bool)[None] & ~valid[:, :, None]
             inputs = {"attention_mask": mask[:, None].to(self.device), "position_ids": position_ids.to(self.device)}
-        else:
+        elif self.padding_mask:
             inputs = {"attention_mask": valid.long().to(self.device)}
+        else:
+            inputs = {}
         inputs["input_ids"] = ids.to(self.device)
         args = (
             inputs,
