@@ -75,10 +75,8 @@ def test_rows_of_one_target_run_under_the_causal_mask_alone(monkeypatch):
     model = tiny_lm(500)
     rng = random.Random(3)
     requests = [
-        ScoringRequest(
-            [rng.randrange(500) for _ in range(rng.randint(1, 40))], [rng.randrange(500)] * rng.randint(1, 9)
-        )
-        for _ in range(12)
+        ScoringRequest([rng.randrange(500) for _ in range(rng.randint(1, 40))], [rng.randrange(500) for _ in range(5)])
+        for _ in range(12)  # distinct contexts of 1-40 tokens: one batch of single-target rows, padded
     ]
     masks: list[object] = []
     sdpa = torch.nn.functional.scaled_dot_product_attention

@@ -15,8 +15,9 @@ Why it is fast:
 
 Padding is on the right, so real tokens keep positions ``0..n-1`` and never attend to padding: the model's own
 causal mask ensures it for a row of one context and one target (no padding mask, so attention takes its causal
-kernel), a tree mask for a row that shares its context among several targets. The LM runs in the precision it was loaded with (``lm.precision``: its weights' dtype, or bf16 autocast
-for ``bf16-mixed``); the log-softmax is always computed in float32.
+kernel), a tree mask for a row that shares its context among several targets. The LM runs in the precision it
+was loaded with (``lm.precision``: its weights' dtype, or bf16 autocast for ``bf16-mixed``); the log-softmax is
+always computed in float32.
 
 Tokenisation (:func:`build_request`): the context and the target are tokenised separately and their ids
 concatenated, so the target tokens are exactly the answer's own tokens, whatever the context is, and a score
@@ -384,9 +385,10 @@ class _Scorer:
 
     #: Whether rows of one context and one target carry a padding mask. They need none: padding is on the right
     #: and the model's own causal mask lets a real token see earlier positions only, which are all real. Without
-    #: one, transformers' SDPA attention takes the causal kernel (no mask tensor: it skips the key blocks above
-    #: the diagonal and reads grouped key / value heads unexpanded) - the same scores (``tests/test_likelihood.py``)
-    #: in less time (``benchmarks/reward_ab.py --change mask``). The padding rows' own outputs are never read.
+    #: one, transformers' SDPA attention takes the causal kernel (no mask built or added, grouped key / value
+    #: heads read unexpanded; on a CPU, past 512 tokens it also skips key blocks above the diagonal) - the same
+    #: scores (``tests/test_likelihood.py``) in less time (``benchmarks/reward_ab.py --change mask``). The padding
+    #: rows' own outputs are never read.
     padding_mask: bool = False
 
     def __init__(self, model: Any) -> None:
