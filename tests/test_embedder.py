@@ -17,7 +17,7 @@ from flag_helpers import load_flag_model
 from llm_embedder import LLMEmbedder, UserError
 from llm_embedder.model import loading
 from llm_embedder.model.embedder import CONFIG_NAME
-from llm_embedder.model.truncation import keep_tail, text_budget
+from llm_embedder.model.truncation import input_overhead, keep_tail
 from llm_embedder.tasks.registry import builtin_registry
 from llm_embedder.tasks.spec import TaskSpec
 
@@ -214,7 +214,7 @@ def test_keep_tail_edges(embedder):
     assert kept_ids == ids[len(ids) - len(kept_ids) :]
     assert keep_tail([word], tokenizer, 2) != [word], "one word longer than the budget is cut inside"
     assert keep_tail([], tokenizer, 3) == []
-    assert text_budget(tokenizer, 10, None) == 8 and text_budget(tokenizer, 3, "one two three") == 0
+    assert input_overhead(tokenizer, None) == 2 and input_overhead(tokenizer, "one two three") == 5  # [CLS] [SEP]
     slow = type("SlowTokenizer", (), {"is_fast": False})()
     with pytest.raises(UserError, match="needs a fast tokenizer"):
         keep_tail(["a b"], slow, 1)

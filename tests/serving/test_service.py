@@ -13,7 +13,7 @@ from llm_embedder.builders.lrlm import chunk_text
 from llm_embedder.data.corpus import render_key
 from llm_embedder.data.records import load_records
 from llm_embedder.errors import UserError
-from llm_embedder.model.truncation import keep_tail, text_budget
+from llm_embedder.model.truncation import input_overhead, keep_tail
 from llm_embedder.serving.batcher import MicroBatcher
 from llm_embedder.serving.errors import Conflict, NotFound, TooLarge
 from llm_embedder.serving.service import serving_backend
@@ -235,7 +235,7 @@ def test_tool_search_uses_the_left_truncated_conversation(service, serve_embedde
     service.add_turns("c2", long_history)
     cut = service.conversational_query("tool", "What is its price?", "c2")
     tokenizer = serve_embedder.model.tokenizer
-    budget = text_budget(tokenizer, serve_embedder.max_length("query"), serve_embedder.instruction("tool", "query"))
+    budget = serve_embedder.max_length("query") - input_overhead(tokenizer, serve_embedder.instruction("tool", "query"))
     assert cut.endswith("What is its price?")
     joined = " ".join(["blah"] * 200 + ["ok"] * 200 + ["What is its price?"])
     assert cut == keep_tail([joined], tokenizer, budget)[0]

@@ -24,11 +24,6 @@ def input_overhead(tokenizer: Any, prompt: str | None) -> int:
     return int(used)
 
 
-def text_budget(tokenizer: Any, max_length: int, prompt: str | None) -> int:
-    """Tokens left for the text in an input of ``max_length`` tokens after the special tokens and ``prompt``."""
-    return max(0, max_length - input_overhead(tokenizer, prompt))
-
-
 def keep_tail(texts: Sequence[str], tokenizer: Any, budget: int) -> list[str]:
     """Each text cut from the left to its last ``budget`` tokens (texts that fit are returned unchanged).
 
