@@ -38,6 +38,7 @@ from llm_embedder.reward.scorer import RewardScorer
 
 CENTRED = likelihood._Scorer.centred_head
 LSE_BLOCK_BYTES = likelihood._LSE_BLOCK_BYTES
+PADDING_MASK = likelihood._Scorer.padding_mask
 #: per change: the names of its two paths, before and after
 CHANGES = {
     "head": ("float32 head", "centred head"),
@@ -61,7 +62,7 @@ def before(change: str) -> Iterator[None]:
     finally:
         likelihood._Scorer.centred_head = CENTRED  # type: ignore[method-assign]
         likelihood._LSE_BLOCK_BYTES = LSE_BLOCK_BYTES
-        likelihood._Scorer.padding_mask = False
+        likelihood._Scorer.padding_mask = PADDING_MASK
 
 
 def separate(lm: str) -> Any:
