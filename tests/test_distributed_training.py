@@ -185,6 +185,18 @@ def _distributed_losses(rank: int, world: int, port: int, results) -> None:
             value = loss.calculate_loss([[q], [k]], teacher[local])
             value.backward()
             out[name] = (float(value.detach()), q.grad.clone(), k.grad.clone())
+        # in-batch duplicates: the key ids are gathered from every process like the keys
+        key_ids, own_ids = _duplicate_ids(n, group)
+        for name, loss in (
+            ("contrastive_dedup", ContrastiveLoss(temperature=0.05)),
+            ("stabilized_dedup", StabilizedDistillationLoss(temperature=0.05)),
+        ):
+            q = queries[local].clone().requires_grad_()
+            k = keys[local_keys].clone().requires_grad_()
+            labels = {"teacher_scores": teacher[local], "key_ids": key_ids[local_keys], "own_ids": own_ids[local]}
+            value = loss.calculate_loss([[q], [k]], labels)
+            value.backward()
+            out[name] = (float(value.detach()), q.grad.clone(), k.grad.clone())
         # the anchor term: the base model's keys are gathered from every process like the student's
         base_queries = torch.randn(n, dim, generator=gen, dtype=torch.float64)
         base_keys = torch.randn(n * group, dim, generator=gen, dtype=torch.float64)
@@ -198,6 +210,14 @@ def _distributed_losses(rank: int, world: int, port: int, results) -> None:
         results[rank] = out
     finally:
         dist.destroy_process_group()
+
+
+def _duplicate_ids(n: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text ids with repeats inside and across the two processes' halves, and each query's own ids (its group and
+    one more "labelled positive")."""
+    key_ids = torch.arange(n * group) % 7
+    own_ids = torch.cat([key_ids.view(n, group), (torch.arange(n) + 3)[:, None] % 7], dim=1)
+    return key_ids, own_ids
 
 
 class _GivenVectors(torch.nn.Module):
@@ -233,13 +253,17 @@ def test_cross_process_losses_equal_one_process():
     queries = torch.randn(n, dim, generator=gen, dtype=torch.float64)
     keys = torch.randn(n * group, dim, generator=gen, dtype=torch.float64)
     teacher = torch.randn(n, group, generator=gen, dtype=torch.float64)
-    for name, loss in (
-        ("contrastive", ContrastiveLoss(temperature=0.05)),
-        ("kl", KLDistillationLoss(temperature=0.05)),
-        ("stabilized", StabilizedDistillationLoss(temperature=0.05)),
+    key_ids, own_ids = _duplicate_ids(n, group)
+    dedup = {"teacher_scores": teacher, "key_ids": key_ids, "own_ids": own_ids}
+    for name, loss, labels in (
+        ("contrastive", ContrastiveLoss(temperature=0.05), teacher),
+        ("kl", KLDistillationLoss(temperature=0.05), teacher),
+        ("stabilized", StabilizedDistillationLoss(temperature=0.05), teacher),
+        ("contrastive_dedup", ContrastiveLoss(temperature=0.05), dedup),
+        ("stabilized_dedup", StabilizedDistillationLoss(temperature=0.05), dedup),
     ):
         q, k = queries.clone().requires_grad_(), keys.clone().requires_grad_()
-        value = loss.calculate_loss([[q], [k]], teacher)
+        value = loss.calculate_loss([[q], [k]], labels)
         value.backward()
         # DDP averages over processes: the objective is the mean of the per-process losses
         mean = sum(results[r][name][0] for r in range(world)) / world

@@ -164,6 +164,112 @@ def test_weighted_and_multitask_compose():
     assert float(value) == pytest.approx(float(per_query.mean()), rel=1e-12)
 
 
+# ------------------------------------------------------------------ in-batch duplicates (in_batch_duplicates: mask)
+#: a step of 3 queries x group 3 whose records share texts, as turns of one conversation do: "p0" is query 0's
+#: positive and query 1's negative; "p0b", query 0's second labelled positive, is not in its group but is query 2's
+#: negative; "n" is a negative of queries 0 and 2
+DUP_GROUPS = [["p0", "n", "a"], ["p1", "p0", "b"], ["p2", "n", "p0b"]]
+DUP_POSITIVES = [["p0", "p0b"], ["p1"], []]
+
+
+def duplicate_step():
+    """Items through the collator (for its ``key_ids`` / ``own_ids``), and embeddings: one vector per distinct text,
+    so a duplicate scores exactly like the original."""
+    from llm_embedder.training.collator import GroupCollator
+
+    items = [
+        {
+            "dataset": "d",
+            "task": "qa",
+            "query": f"q{i}",
+            "keys": keys,
+            "positives": pos,
+            "teacher_scores": None,
+            "id": i,
+        }
+        for i, (keys, pos) in enumerate(zip(DUP_GROUPS, DUP_POSITIVES, strict=True))
+    ]
+
+    def preprocess(texts, max_length, prompt=None):
+        return {"input_ids": torch.zeros(len(texts), 1, dtype=torch.long)}
+
+    collator = GroupCollator(
+        preprocess,
+        instruction=lambda task, side: "",
+        task_names=["qa"],
+        query_max_length=8,
+        key_max_length=8,
+        duplicates=True,
+    )
+    label = collator(items)["label"]
+    texts = sorted({t for keys in DUP_GROUPS for t in keys})
+    gen = torch.Generator().manual_seed(7)
+    vectors = dict(zip(texts, torch.randn(len(texts), 6, generator=gen, dtype=torch.float64), strict=True))
+    queries = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    keys = torch.stack([vectors[t] for group in DUP_GROUPS for t in group])
+    teacher = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    return queries, keys, teacher, {"key_ids": label["key_ids"], "own_ids": label["own_ids"]}
+
+
+def no_negative(i: int, k: int, group: int = 3) -> bool:
+    """Key ``k`` is no negative of query ``i``: another group's copy of one of ``i``'s own keys or positives."""
+    text = [t for g in DUP_GROUPS for t in g][k]
+    return k // group != i and text in {*DUP_GROUPS[i], *DUP_POSITIVES[i]}
+
+
+@pytest.mark.parametrize("mask", [True, False], ids=["mask", "keep"])
+def test_in_batch_duplicates_of_a_querys_own_texts_are_no_negatives(mask):
+    """Under ``in_batch_duplicates: mask`` InfoNCE and stabilized distillation leave out of the denominator every
+    key of another group that is one of the query's own keys or labelled positives (sampled or not), and only
+    those; without the ids (``keep``, the reference) every other key stays a negative."""
+    queries, keys, teacher, ids = duplicate_step()
+    excluded = [(i, k) for i in range(3) for k in range(9) if no_negative(i, k)]
+    # query 0: p0 in group 1, n and p0b in group 2; query 1: its negative p0 in group 0; query 2: n in group 0
+    assert excluded == [(0, 4), (0, 7), (0, 8), (1, 0), (2, 1)]
+    labels = {"teacher_scores": teacher, **(ids if mask else {})}
+    skip = set(excluded) if mask else set()
+
+    def contrastive_loop():
+        total = 0.0
+        for i in range(3):
+            logits = [cos(queries[i], keys[k]) / TAU for k in range(9) if (i, k) not in skip]
+            total += logsumexp(logits) - cos(queries[i], keys[3 * i]) / TAU
+        return total / 3
+
+    def stabilized_loop():
+        total = 0.0
+        for i in range(3):
+            rewards = [float(x) for x in teacher[i]]
+            ranked = [0, *sorted(range(1, 3), key=lambda j: -rewards[j])]
+            weights = [math.exp(r - logsumexp(rewards)) for r in rewards]
+            others = [cos(queries[i], keys[k]) / TAU for k in range(9) if k // 3 != i and (i, k) not in skip]
+            for position, j in enumerate(ranked):
+                below = [cos(queries[i], keys[3 * i + m]) / TAU for m in ranked[position:]]
+                total -= weights[j] * (cos(queries[i], keys[3 * i + j]) / TAU - logsumexp(below + others))
+        return total / 3
+
+    contrastive_value = ContrastiveLoss(temperature=TAU).calculate_loss([[queries], [keys]], labels)
+    assert float(contrastive_value) == pytest.approx(contrastive_loop(), rel=1e-9)
+    stabilized_value = StabilizedDistillationLoss(temperature=TAU).calculate_loss([[queries], [keys]], labels)
+    assert float(stabilized_value) == pytest.approx(stabilized_loop(), rel=1e-9)
+    # and the masked loss differs from the reference's on this step: the mask is not a no-op
+    reference = ContrastiveLoss(temperature=TAU).calculate_loss([[queries], [keys]], teacher)
+    assert (float(contrastive_value) != pytest.approx(float(reference), rel=1e-6)) is mask
+
+
+def test_in_batch_duplicate_ids_are_stable_text_hashes():
+    """The ids are compared across data-loader workers and processes, so they must not be Python's salted
+    ``hash``: a pinned BLAKE2b value, equal texts equal ids, different texts different ids."""
+    from llm_embedder.training.collator import text_ids
+
+    ids = text_ids(["p0", "p0", "p1", ""])
+    assert ids.dtype == torch.int64
+    assert ids[0] == ids[1] and ids[0] != ids[2] and ids[2] != ids[3]
+    assert int(ids[0]) == int.from_bytes(
+        __import__("hashlib").blake2b(b"p0", digest_size=8).digest(), "little", signed=True
+    )
+
+
 def test_distillation_needs_teacher_scores():
     queries, keys, _ = random_step()
     with pytest.raises(ValueError, match="teacher scores"):

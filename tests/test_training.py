@@ -335,6 +335,49 @@ def test_the_training_truncation_can_stay_the_inference_length(workspace, tmp_pa
         train(recipe(workspace, tmp_path / "bad", inference_max_length="long"))
 
 
+def test_in_batch_duplicates_mask_reaches_the_loss(workspace, tmp_path, monkeypatch):
+    """``in_batch_duplicates: mask`` end to end: the training items carry ALL their labelled positives, the
+    collator their text ids, and the loss leaves out another group's copy of one - here record 0's second
+    positive, never sampled into its own group (tool takes the first), is record 1's positive; the model card
+    says so. Any other value is refused in one line."""
+    from train_helpers import one_step_recipe
+
+    from llm_embedder.training import train
+    from llm_embedder.training.losses import base
+
+    _, model, _ = workspace
+    positives = [["tool 0: does thing 0", "the shared tool: does every thing"], ["the shared tool: does every thing"]]
+    positives += [[f"tool {i}: does thing {i}"] for i in (2, 3)]
+    rows = [
+        {
+            "query": f"which tool does thing {i}?",
+            "pos": pos,
+            "task": "tool",
+            "query_id": i,
+            "neg": [f"tool {i}.{j}: does something else" for j in range(3)],
+        }
+        for i, pos in enumerate(positives)
+    ]
+    data = write_jsonl(tmp_path / "tool.jsonl", rows)
+    masks = []
+    original = base.duplicate_keys
+
+    def spy(*args):
+        masks.append(original(*args))
+        return masks[-1]
+
+    monkeypatch.setattr(base, "duplicate_keys", spy)
+    out = tmp_path / "dedup"
+    train(one_step_recipe(model, {"tool": data}, out, in_batch_duplicates="mask", log_batches=True))
+    assert masks, "the loss never saw the text ids"
+    order = json.loads((out / "batches-rank0.jsonl").read_text().splitlines()[0])["ids"]
+    # groups of 3, positive first: only record 0's query loses a negative, record 1's positive
+    assert masks[0].nonzero().tolist() == [[order.index("tool:0"), 3 * order.index("tool:1")]]
+    assert "without duplicates of the query's own keys" in (out / "README.md").read_text()
+    with pytest.raises(UserError, match="unknown in_batch_duplicates 'drop'.*keep, mask"):
+        train(one_step_recipe(model, {"tool": data}, tmp_path / "bad", in_batch_duplicates="drop"))
+
+
 def test_a_recipes_task_file_changes_that_run_only(workspace, tmp_path):
     """``tasks_file`` redefines tasks for its run, on a copy: the process's task table stays as it was."""
     from train_helpers import one_step_recipe

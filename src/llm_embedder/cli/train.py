@@ -22,6 +22,7 @@ from typing import Any
 
 from llm_embedder.cli.common import add_tasks_file_argument
 from llm_embedder.errors import UserError
+from llm_embedder.training.config import IN_BATCH_DUPLICATES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -89,6 +90,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train without task instructions (ablation)",
     )
     add("--mixed-batches", action="store_true", default=None, help="mix datasets inside a step (ablation)")
+    add(
+        "--in-batch-duplicates",
+        choices=IN_BATCH_DUPLICATES,
+        help="keep (the reference): every key of another query is a negative; mask: not one with the same text as "
+        "one of the query's own keys or labelled positives",
+    )
     add(
         "--hard-labels",
         action="store_true",
@@ -165,6 +172,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "pool_instructions",
         "use_instructions",
         "mixed_batches",
+        "in_batch_duplicates",
         "hard_labels",
         "distillation",
         "repeat",

@@ -19,7 +19,8 @@ is key ``j`` of query ``i``, positive first) - see :func:`sort_by_length`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,6 +39,18 @@ def cut_characters(text: str, max_length: int, *, keep_end: bool = False) -> str
     if len(text) <= limit:
         return text
     return text[-limit:] if keep_end else text[:limit]
+
+
+def text_ids(texts: Iterable[str]) -> torch.Tensor:
+    """A stable 64-bit id per text (BLAKE2b of its UTF-8 bytes): equal texts, equal ids, in every process.
+
+    Not Python's ``hash``: it is salted per process, and the ids of data-loader workers and of other ranks are
+    compared with each other (:func:`~llm_embedder.training.losses.base.duplicate_keys`).
+    """
+    ids = [
+        int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little", signed=True) for t in texts
+    ]
+    return torch.tensor(ids, dtype=torch.int64)
 
 
 def sort_by_length(features: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
@@ -72,6 +85,9 @@ class GroupCollator:
         training input is cut exactly as the same text is at retrieval time; ``None``: the tokenizer's cut only.
     tail_tasks: tasks whose queries keep their end (``query_truncation: left``): their over-long queries lose
         characters at the start, not the end, before tokenising.
+    duplicates: also write ``label["key_ids"]`` (the keys' text ids, group order) and ``label["own_ids"]`` (each
+        query's own keys and labelled positives, ``(n, M)``, padded with its first key): the losses then take an
+        in-batch key with the same text as one of the query's own for no negative (``in_batch_duplicates: mask``).
     anchor: also write the same texts WITHOUT instructions as two more columns, ``anchor_query_*`` and
         ``anchor_key_*`` (label ``anchor_query_order`` / ``anchor_key_order``), for the frozen base model of
         :class:`~llm_embedder.training.losses.anchor.AnchoredLoss`. They are cut exactly as the instructed texts
@@ -91,8 +107,10 @@ class GroupCollator:
         task_query_max_length: Mapping[str, int] | None = None,
         fit_texts: FitTexts | None = None,
         tail_tasks: Collection[str] = (),
+        duplicates: bool = False,
         anchor: bool = False,
     ) -> None:
+        self.duplicates = duplicates
         self.anchor = anchor
         self.preprocess_fn = preprocess_fn
         self.tail_tasks = frozenset(tail_tasks)
@@ -183,6 +201,11 @@ class GroupCollator:
                 label[f"{prefix}_order"] = restore
             for name, value in features.items():
                 batch[f"{prefix}_{name}"] = value
+        if self.duplicates:
+            label["key_ids"] = text_ids(key for item in items for key in item["keys"])
+            own = [list(dict.fromkeys([*item["keys"], *item.get("positives", ())])) for item in items]
+            width = max(len(texts) for texts in own)
+            label["own_ids"] = torch.stack([text_ids(texts + texts[:1] * (width - len(texts))) for texts in own])
         if any(item["teacher_scores"] is not None for item in items):
             size = group_sizes.pop()
             label["teacher_scores"] = torch.tensor(

@@ -175,12 +175,15 @@ class GroupDataset(Dataset):
 
     def __getitem__(self, ref: SampleRef) -> dict[str, Any]:  # type: ignore[override]
         ts = self.sets[ref.dataset]
-        group = ts.sampler.sample(ts.items[ref.index], np.random.default_rng(ref.seed))
+        candidates = ts.items[ref.index]
+        group = ts.sampler.sample(candidates, np.random.default_rng(ref.seed))
         return {
             "dataset": ts.name,
             "task": ts.task,
             "query": group.query,
             "keys": group.keys,
+            # every labelled positive, sampled or not: another query's copy of one is no negative of this one
+            "positives": list(candidates.keys[: candidates.num_pos]),
             "teacher_scores": group.teacher_scores,
             "id": f"{ts.name}:{ref.index}",
         }

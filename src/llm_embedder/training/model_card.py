@@ -50,6 +50,8 @@ def render_model_card(summary: dict[str, Any]) -> str:
         f"batches: {'MIXED across datasets (w/o homogeneous ablation)' if cfg['mixed_batches'] else 'homogeneous (one dataset per step)'}",
         f"teacher scores: {'IGNORED (hard labels, w/o LLM reward ablation)' if cfg['hard_labels'] else 'used'}",
     ]
+    if cfg.get("in_batch_duplicates") == "mask":
+        switches.append("in-batch negatives: without duplicates of the query's own keys and labelled positives")
     if cfg.get("pool_instructions") is False:
         switches.append("pooling: the text's tokens only (the instruction is left out of the vector)")
     task_weights = cfg.get("anchor_task_weights") or {}

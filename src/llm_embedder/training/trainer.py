@@ -395,6 +395,7 @@ def train(
         task_query_max_length={name: embedder.max_length("query", name) for name in loss.task_names},
         fit_texts=embedder.fit_texts,
         tail_tasks=[name for name in loss.task_names if registry.get(name).query_truncation == "left"],
+        duplicates=config.data.in_batch_duplicates == "mask",
         anchor=isinstance(loss, AnchoredLoss),
     )
     steps_share = sampler.steps_per_dataset()

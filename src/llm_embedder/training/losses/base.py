@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from sentence_transformers.base.losses.gradcache import CachedLossMixin
-from sentence_transformers.util import all_gather_with_grad, get_rank
+from sentence_transformers.util import all_gather, all_gather_with_grad, get_rank
 from sentence_transformers.util.environment import is_dist_initialized
 from torch import Tensor, nn
 
@@ -42,12 +42,16 @@ class GroupScores:
             ``group_start .. group_start + G - 1``.
         group_size: ``G``.
         teacher_scores: ``(n, G)`` rewards of each query's own keys in the group's order, or ``None``.
+        excluded: ``(n, K)`` True on keys of OTHER queries that are no negatives of this one - the same text as one
+            of its own keys or labelled positives (:func:`duplicate_keys`); ``None``: every other key is one, as in
+            the reference.
     """
 
     scores: Tensor
     group_start: Tensor
     group_size: int
     teacher_scores: Tensor | None = None
+    excluded: Tensor | None = None
 
     @property
     def own_columns(self) -> Tensor:
@@ -64,6 +68,12 @@ class GroupScores:
         mask = torch.zeros_like(self.scores, dtype=torch.bool)
         return mask.scatter(1, self.own_columns, True)
 
+    def not_other_negatives(self) -> Tensor:
+        """``(n, K)`` True on every key that is not an in-batch negative of the query: its own group, and the
+        ``excluded`` duplicates of its own keys in other groups."""
+        own = self.own_mask()
+        return own if self.excluded is None else own | self.excluded
+
     @property
     def has_other_keys(self) -> bool:
         """Whether the step holds keys of other queries (in-batch negatives)."""
@@ -76,6 +86,7 @@ class GroupScores:
             group_start=self.group_start[rows],
             group_size=self.group_size,
             teacher_scores=None if self.teacher_scores is None else self.teacher_scores[rows],
+            excluded=None if self.excluded is None else self.excluded[rows],
         )
 
     def require_teacher_scores(self, who: str) -> Tensor:
@@ -89,15 +100,30 @@ class GroupScores:
         return self.teacher_scores.to(self.scores.dtype)
 
 
+def duplicate_keys(key_ids: Tensor, own_ids: Tensor, own: Tensor) -> Tensor:
+    """``(n, K)`` True where a key of ANOTHER query's group is one of this query's own texts.
+
+    ``key_ids``: ``(K,)`` text ids of every key of the step (all processes, group order); ``own_ids``: ``(n, M)`` the
+    ids of each local query's own keys and labelled positives (padded by repeating one of them); ``own``: the
+    ``(n, K)`` own-group mask, never excluded. Why: records of one conversation, document or API family share
+    passages, so a query can meet its own positive - or another passage labelled relevant to it - as another
+    query's key, and InfoNCE would push it away as a negative (convsearch: 7.5% of the recipe's queries per step,
+    tool 2.7%; docs/results.md). The ids are stable text hashes (:func:`~llm_embedder.training.collator.text_ids`).
+    """
+    same = (key_ids.to(own_ids.device)[None, :, None] == own_ids[:, None, :]).any(dim=2)
+    return same & ~own
+
+
 def split_labels(labels: Any) -> dict[str, Tensor | None]:
-    """``{"teacher_scores", "task", "query_order", "key_order"}`` from the labels a collator produced.
+    """``{"teacher_scores", "task", "query_order", "key_order", "key_ids", "own_ids"}`` from a collator's labels.
 
     Accepted: ``None``; a ``(n, G)`` tensor of teacher scores (the sentence-transformers convention); or a mapping
     with any of: ``teacher_scores``; ``task`` (per-query task index, read by :class:`~.multitask.MultiTaskLoss`);
     ``query_order`` / ``key_order`` (the rows of a column were sorted, e.g. by length: ``embeddings[order]`` puts
-    them back in group order).
+    them back in group order); ``key_ids`` / ``own_ids`` (text ids of the keys in group order and of each query's
+    own texts: in-batch duplicates are then no negatives, see :func:`duplicate_keys`).
     """
-    names = ("teacher_scores", "task", "query_order", "key_order")
+    names = ("teacher_scores", "task", "query_order", "key_order", "key_ids", "own_ids")
     if labels is None:
         return dict.fromkeys(names)
     if isinstance(labels, Tensor):
@@ -181,6 +207,11 @@ class GroupLoss(CachedLossMixin, nn.Module):
         if parts["key_order"] is not None:
             keys = keys[parts["key_order"].to(keys.device)]
         group = self.score(queries, keys, parts["teacher_scores"])
+        if parts["key_ids"] is not None and parts["own_ids"] is not None:
+            key_ids = parts["key_ids"].to(group.scores.device)
+            if self.gather_across_devices and is_dist_initialized():
+                key_ids = all_gather(key_ids)
+            group.excluded = duplicate_keys(key_ids, parts["own_ids"].to(group.scores.device), group.own_mask())
         loss = self.objective(group, parts["task"], labels)
         if with_backward:
             loss.backward()

@@ -19,7 +19,9 @@ class ContrastiveLoss(GroupLoss):
         \mathcal{L}(q) = -\log \frac{\exp(s(q, p)/\tau)}{\sum_{k \in \mathcal{K}} \exp(s(q, k)/\tau)}
 
     with :math:`s` the cosine similarity and :math:`\tau = 0.01`. With ``B`` queries of group size ``G`` per step
-    (over all processes) every query has ``B * G - 1`` negatives. The loss is averaged over the queries.
+    (over all processes) every query has ``B * G - 1`` negatives. The loss is averaged over the queries. Under
+    ``in_batch_duplicates: mask`` a key of another group with the same text as one of the query's own keys or
+    labelled positives leaves :math:`\mathcal{K}` (``GroupScores.excluded``).
 
     Args:
         model: the SentenceTransformer (``None`` when used as a part of another loss).
@@ -48,5 +50,7 @@ class ContrastiveLoss(GroupLoss):
 
     def per_query_loss(self, group: GroupScores) -> Tensor:
         logits = group.scores / self.temperature
+        if group.excluded is not None:  # in-batch duplicates of the query's own texts are no negatives
+            logits = logits.masked_fill(group.excluded, float("-inf"))
         positive = logits.gather(1, group.group_start[:, None]).squeeze(1)
         return torch.logsumexp(logits, dim=1) - positive

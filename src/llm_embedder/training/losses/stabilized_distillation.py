@@ -16,7 +16,8 @@ class StabilizedDistillationLoss(GroupLoss):
     r"""Each candidate competes only with the candidates the LLM ranked at or below it, plus in-batch keys.
 
     Sort the query's group by reward, :math:`p_1 \ge p_2 \ge \ldots \ge p_G`, and let :math:`\mathcal{O}` be all
-    keys of the other queries of the step (on every process). With weights :math:`w = \mathrm{softmax}(r/\alpha)`
+    keys of the other queries of the step (on every process; under ``in_batch_duplicates: mask`` without the
+    duplicates of the query's own texts, ``GroupScores.excluded``). With weights :math:`w = \mathrm{softmax}(r/\alpha)`
     over the group:
 
     .. math::
@@ -105,7 +106,7 @@ class StabilizedDistillationLoss(GroupLoss):
         # log sum over {p_i ... p_G}: a reversed cumulative logsumexp
         suffix = torch.logcumsumexp(ranked_logits.flip(1), dim=1).flip(1)
         if group.has_other_keys:
-            others = (group.scores / self.temperature).masked_fill(group.own_mask(), float("-inf"))
+            others = (group.scores / self.temperature).masked_fill(group.not_other_negatives(), float("-inf"))
             suffix = torch.logaddexp(suffix, torch.logsumexp(others, dim=1, keepdim=True))
         return -(weights * (ranked_logits - suffix)).sum(dim=1)
 
