@@ -206,12 +206,7 @@ class GroupLoss(CachedLossMixin, nn.Module):
             queries = queries[parts["query_order"].to(queries.device)]
         if parts["key_order"] is not None:
             keys = keys[parts["key_order"].to(keys.device)]
-        group = self.score(queries, keys, parts["teacher_scores"])
-        if parts["key_ids"] is not None and parts["own_ids"] is not None:
-            key_ids = parts["key_ids"].to(group.scores.device)
-            if self.gather_across_devices and is_dist_initialized():
-                key_ids = all_gather(key_ids)
-            group.excluded = duplicate_keys(key_ids, parts["own_ids"].to(group.scores.device), group.own_mask())
+        group = self.score(queries, keys, parts["teacher_scores"], key_ids=parts["key_ids"], own_ids=parts["own_ids"])
         loss = self.objective(group, parts["task"], labels)
         if with_backward:
             loss.backward()
@@ -226,8 +221,18 @@ class GroupLoss(CachedLossMixin, nn.Module):
         """Mean over the local queries (:class:`~.multitask.MultiTaskLoss` routes by ``task_ids`` first)."""
         return self.per_query_loss(group).mean()
 
-    def score(self, queries: Tensor, keys: Tensor, teacher_scores: Tensor | None = None) -> GroupScores:
-        """Cosine similarities of the local queries with all keys of the step (gathered over processes)."""
+    def score(
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        teacher_scores: Tensor | None = None,
+        *,
+        key_ids: Tensor | None = None,
+        own_ids: Tensor | None = None,
+    ) -> GroupScores:
+        """Cosine similarities of the local queries with all keys of the step (gathered over processes); with the
+        keys' text ids and each query's own (``key_ids`` / ``own_ids``), the in-batch duplicates marked
+        ``excluded`` (:func:`duplicate_keys`)."""
         n = queries.shape[0]
         if n == 0 or keys.shape[0] % n:
             raise ValueError(f"the key column has {keys.shape[0]} rows, not a multiple of the {n} queries")
@@ -237,14 +242,22 @@ class GroupLoss(CachedLossMixin, nn.Module):
         dtype = torch.promote_types(queries.dtype, torch.float32)
         queries = F.normalize(queries.to(dtype), dim=-1)
         keys = F.normalize(keys.to(dtype), dim=-1)
+        dedup = key_ids is not None and own_ids is not None
+        if dedup:
+            key_ids = key_ids.to(keys.device)
         if self.gather_across_devices and is_dist_initialized():
             keys = all_gather_with_grad(keys)
             offset = get_rank() * n * group_size
+            if dedup:
+                key_ids = all_gather(key_ids)
         scores = queries @ keys.T
         group_start = offset + torch.arange(n, device=scores.device) * group_size
         if teacher_scores is not None:
             teacher_scores = teacher_scores.to(device=scores.device, dtype=scores.dtype)
-        return GroupScores(scores, group_start, group_size, teacher_scores)
+        group = GroupScores(scores, group_start, group_size, teacher_scores)
+        if dedup:
+            group.excluded = duplicate_keys(key_ids, own_ids.to(scores.device), group.own_mask())
+        return group
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
