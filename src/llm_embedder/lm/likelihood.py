@@ -443,19 +443,19 @@ class _Scorer:
     def _logprobs_fast(self, inputs: dict[str, torch.Tensor], rows, positions, labels) -> torch.Tensor:  # type: ignore[no-untyped-def]
         hidden = self.backbone(**inputs, use_cache=False).last_hidden_state
         selected = hidden[rows, positions]
-        step = max(1, _LOGITS_ELEMENTS // max(1, self.head.weight.shape[0]))
         if self.centred_head:
             weight = _centred_head_weight(self.head)
-            with torch.autocast(self.device.type, enabled=False):
-                parts = [
-                    centred_target_logprobs(selected[i : i + step], weight, labels[i : i + step])
-                    for i in range(0, selected.shape[0], step)
-                ]
+
+            def logprobs(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                with torch.autocast(self.device.type, enabled=False):
+                    return centred_target_logprobs(rows, weight, targets)
         else:
-            parts = [
-                self._target_logprobs(self._head(selected[i : i + step]), labels[i : i + step], softcap=True)
-                for i in range(0, selected.shape[0], step)
-            ]
+
+            def logprobs(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                return self._target_logprobs(self._head(rows), targets, softcap=True)
+
+        step = max(1, _LOGITS_ELEMENTS // max(1, self.head.weight.shape[0]))  # rows per (rows x vocabulary) slice
+        parts = [logprobs(selected[i : i + step], labels[i : i + step]) for i in range(0, selected.shape[0], step)]
         return torch.cat(parts) if parts else selected.new_zeros(0, dtype=torch.float32)
 
     @property
