@@ -446,13 +446,13 @@ class _Scorer:
         if self.centred_head:
             weight = _centred_head_weight(self.head)
 
-            def logprobs(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            def logprobs(answer_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
                 with torch.autocast(self.device.type, enabled=False):
-                    return centred_target_logprobs(rows, weight, targets)
+                    return centred_target_logprobs(answer_rows, weight, targets)
         else:
 
-            def logprobs(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-                return self._target_logprobs(self._head(rows), targets, softcap=True)
+            def logprobs(answer_rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                return self._target_logprobs(self._head(answer_rows), targets, softcap=True)
 
         step = max(1, _LOGITS_ELEMENTS // max(1, self.head.weight.shape[0]))  # rows per (rows x vocabulary) slice
         parts = [logprobs(selected[i : i + step], labels[i : i + step]) for i in range(0, selected.shape[0], step)]
